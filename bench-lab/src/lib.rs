@@ -1,0 +1,1 @@
+//! Namespace lab: nodes and pods as network namespaces.

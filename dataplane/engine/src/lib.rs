@@ -1,0 +1,1 @@
+//! The packet engine: pinned workers running rx -> pipeline -> tx.

@@ -1,0 +1,123 @@
+//! What happens to a frame, as data.
+
+/// Fate of one frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Transmit `len` bytes of the (possibly rewritten) frame on the interface
+    /// with this kernel ifindex. A reply to the sender (ARP, ND, ICMP error) is a
+    /// `Forward` back to the ingress interface.
+    Forward { ifindex: u32, len: usize },
+    /// Drop and count under the reason.
+    Drop(DropReason),
+}
+
+macro_rules! drop_reasons {
+    ($( $(#[$doc:meta])* $variant:ident = $num:literal, $name:literal; )+) => {
+        /// Why a frame was dropped. The numbers and names are stable: counters,
+        /// flow events, metrics labels and the CLI all show these values. New
+        /// reasons get new numbers; numbers are never reused.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        #[repr(u8)]
+        pub enum DropReason {
+            $( $(#[$doc])* $variant = $num, )+
+        }
+
+        impl DropReason {
+            /// Every reason, in counter-index order.
+            pub const ALL: &'static [DropReason] = &[$(DropReason::$variant,)+];
+            /// Size of a counter array indexed by [`DropReason::index`].
+            pub const COUNT: usize = Self::ALL.len();
+
+            /// Stable number shown to users.
+            pub const fn number(self) -> u8 {
+                self as u8
+            }
+
+            /// Stable snake_case name shown to users.
+            pub const fn name(self) -> &'static str {
+                match self { $( DropReason::$variant => $name, )+ }
+            }
+
+            /// Position in a dense counter array.
+            pub fn index(self) -> usize {
+                Self::ALL.iter().position(|r| *r == self).unwrap_or(0)
+            }
+
+            pub fn from_number(number: u8) -> Option<DropReason> {
+                Self::ALL.iter().copied().find(|r| r.number() == number)
+            }
+        }
+    };
+}
+
+drop_reasons! {
+    /// Shorter than an Ethernet header, or a header length field points past the end.
+    Truncated = 1, "truncated";
+    /// Ethertype the engine does not handle.
+    UnknownEthertype = 2, "unknown_ethertype";
+    /// IPv4 header malformed: version, IHL, total length.
+    InvalidIpv4Header = 3, "invalid_ipv4_header";
+    /// IPv4 header checksum does not verify.
+    Ipv4ChecksumBad = 4, "ipv4_checksum_bad";
+    /// IPv6 header or extension header chain malformed.
+    InvalidIpv6Header = 5, "invalid_ipv6_header";
+    /// L4 header (TCP, UDP, ICMP) shorter than its minimum or than its own length field.
+    InvalidL4Header = 6, "invalid_l4_header";
+    /// ARP packet malformed or not Ethernet/IPv4.
+    InvalidArp = 7, "invalid_arp";
+    /// ARP request for an address the engine does not answer for, or an ARP reply.
+    ArpNotForGateway = 8, "arp_not_for_gateway";
+    /// Frame from a pod whose source MAC is not the pod's.
+    SpoofedSourceMac = 9, "spoofed_source_mac";
+    /// Frame from a pod whose source IP is not the pod's.
+    SpoofedSourceIp = 10, "spoofed_source_ip";
+    /// Frame arrived on an interface the tables do not know.
+    UnknownIngress = 11, "unknown_ingress";
+    /// Destination address has no endpoint.
+    NoRoute = 12, "no_route";
+    /// TTL or hop limit expired (an ICMP time-exceeded reply is sent instead when possible).
+    TtlExceeded = 13, "ttl_exceeded";
+    /// IPv4 fragment; not forwarded until reassembly or fragment tracking lands.
+    Fragment = 14, "fragment";
+    /// ICMPv6 neighbour discovery or other control traffic not for the gateway.
+    Icmpv6NotHandled = 15, "icmpv6_not_handled";
+    /// Multicast or broadcast destination the engine does not forward.
+    Multicast = 16, "multicast";
+    /// Frame addressed to the gateway itself that it does not answer (e.g. TCP to the gateway IP).
+    ToGatewayNotHandled = 17, "to_gateway_not_handled";
+    /// Egress would be the interface the frame came from (hairpin without a service).
+    SameInterface = 18, "same_interface";
+    /// Frame longer than the UMEM chunk or the egress MTU.
+    FrameTooLarge = 19, "frame_too_large";
+    /// Transmit ring full or egress interface has no socket on this worker.
+    TxUnavailable = 20, "tx_unavailable";
+    /// The kernel dropped frames for this socket (rx ring full, invalid descriptors);
+    /// counted from XDP_STATISTICS, not per frame.
+    RxRingDropped = 21, "rx_ring_dropped";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_and_names_are_unique_and_round_trip() {
+        for (i, r) in DropReason::ALL.iter().enumerate() {
+            assert_eq!(r.index(), i);
+            assert_eq!(DropReason::from_number(r.number()), Some(*r));
+            assert_eq!(
+                DropReason::ALL.iter().filter(|o| o.name() == r.name()).count(),
+                1
+            );
+        }
+    }
+
+    #[test]
+    fn numbers_are_stable() {
+        // Changing these breaks dashboards and saved flows.
+        assert_eq!(DropReason::Truncated.number(), 1);
+        assert_eq!(DropReason::SpoofedSourceIp.number(), 10);
+        assert_eq!(DropReason::NoRoute.number(), 12);
+        assert_eq!(DropReason::TtlExceeded.number(), 13);
+    }
+}

@@ -1,0 +1,10 @@
+//! Tables that the packet workers read: built by the control side, published as
+//! immutable snapshots (RCU style), read by workers without locks.
+//!
+//! Layering: this crate does no I/O and knows nothing about frames or sockets.
+
+mod endpoint;
+mod snapshot;
+
+pub use endpoint::{Endpoint, EndpointError, EndpointId, EndpointTable, Gateway, MacAddr};
+pub use snapshot::{Tables, TablesHandle};

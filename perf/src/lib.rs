@@ -1,0 +1,1 @@
+//! Throughput and cost measurements of the dataplane.

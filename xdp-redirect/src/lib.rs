@@ -1,0 +1,1 @@
+//! Loads the XDP programs that steer frames into AF_XDP sockets.
