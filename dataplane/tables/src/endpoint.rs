@@ -5,9 +5,23 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use hashbrown::HashMap;
 use serde::{Deserialize, Serialize};
 
-/// A 48-bit Ethernet address.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// A 48-bit Ethernet address; serialized as `aa:bb:cc:dd:ee:ff`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct MacAddr(pub [u8; 6]);
+
+impl Serialize for MacAddr {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for MacAddr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<MacAddr, D::Error> {
+        let text = String::deserialize(d)?;
+        MacAddr::parse(&text)
+            .ok_or_else(|| serde::de::Error::custom(format!("invalid MAC address {text:?}")))
+    }
+}
 
 impl MacAddr {
     /// Parses `aa:bb:cc:dd:ee:ff`.
@@ -200,6 +214,17 @@ mod tests {
         let err = EndpointTable::build(vec![ep("a", 5, "10.0.0.2"), ep("b", 5, "10.0.0.3")])
             .unwrap_err();
         assert!(matches!(err, EndpointError::DuplicateInterface { ifindex: 5, .. }));
+    }
+
+    #[test]
+    fn endpoint_json_uses_text_addresses() {
+        let json = serde_json::to_string(&ep("a", 5, "10.0.0.2")).unwrap();
+        assert!(json.contains("\"mac\":\"02:00:00:00:00:05\""), "{json}");
+        let back: Endpoint = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, ep("a", 5, "10.0.0.2"));
+        let bad = json.replace("02:00:00:00:00:05", "02:00");
+        let err = serde_json::from_str::<Endpoint>(&bad).unwrap_err().to_string();
+        assert!(err.contains("invalid MAC address \"02:00\""), "{err}");
     }
 
     #[test]

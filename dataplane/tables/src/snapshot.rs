@@ -9,7 +9,17 @@ use std::sync::Arc;
 
 use arc_swap::{ArcSwap, Guard};
 
-use crate::{EndpointTable, Gateway};
+use serde::{Deserialize, Serialize};
+
+use crate::{Endpoint, EndpointError, EndpointTable, Gateway};
+
+/// The desired state of one node as the control side hands it over (today a
+/// JSON file written by the lab; later the agent's snapshot).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeState {
+    pub gateway: Gateway,
+    pub endpoints: Vec<Endpoint>,
+}
 
 /// Everything the per-packet pipeline reads, as one immutable value.
 #[derive(Clone, Debug)]
@@ -18,6 +28,17 @@ pub struct Tables {
     pub generation: u64,
     pub gateway: Gateway,
     pub endpoints: EndpointTable,
+}
+
+impl Tables {
+    /// Builds the tables for a node state; refuses it whole when it conflicts.
+    pub fn build(state: NodeState) -> Result<Tables, EndpointError> {
+        Ok(Tables {
+            generation: 0,
+            gateway: state.gateway,
+            endpoints: EndpointTable::build(state.endpoints)?,
+        })
+    }
 }
 
 /// Shared handle through which the control side publishes and workers read.
