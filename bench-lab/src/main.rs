@@ -1,1 +1,286 @@
-fn main() {}
+//! `sluice-lab`: bring up a namespace lab, run the demo, clean up leftovers.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use sluice_lab::{
+    cleanup, teardown_all, CleanupScope, EngineOptions, Forwarding, Lab, LabSpec, PingResult,
+};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "sluice-lab",
+    about = "Sluice node and pods as network namespaces on this machine (needs root)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(clap::Args, Debug)]
+struct LabArgs {
+    /// Number of pods.
+    #[arg(long, default_value_t = 3)]
+    pods: usize,
+    /// Engine workers (and veth queues).
+    #[arg(long, default_value_t = 1)]
+    workers: u32,
+    /// Who forwards between pods: engine or kernel.
+    #[arg(long, default_value = "engine")]
+    mode: Forwarding,
+    /// Engine binary (default: $SLUICE_ENGINE, else next to this binary).
+    #[arg(long)]
+    engine: Option<PathBuf>,
+    /// Extra argument for the engine (repeatable).
+    #[arg(long = "engine-arg", allow_hyphen_values = true)]
+    engine_args: Vec<String>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Bring up a lab, ping between pods (IPv4, IPv6), run one iperf3 stream,
+    /// print the engine's counters and tear down.
+    Demo {
+        #[command(flatten)]
+        lab: LabArgs,
+        /// Echo requests per pod pair and family.
+        #[arg(long, default_value_t = 3)]
+        count: u32,
+        /// Length of the iperf3 run.
+        #[arg(long, default_value_t = 3)]
+        seconds: u32,
+    },
+    /// Bring up a lab (and the engine in engine mode) and wait for Ctrl-C.
+    Up {
+        #[command(flatten)]
+        lab: LabArgs,
+        /// Do not start the engine (engine mode): pods stay isolated.
+        #[arg(long)]
+        no_engine: bool,
+        /// Tear down after this many seconds instead of waiting for Ctrl-C.
+        #[arg(long)]
+        seconds: Option<u64>,
+    },
+    /// Remove leftover labs: namespaces named `sl<pid>x<n>-*` and their run dirs.
+    Cleanup {
+        /// Also remove labs whose creating process still runs.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Test aid: build a kernel-mode lab with a process inside and exit without
+    /// tearing it down; prints the lab's prefix.
+    #[command(hide = true)]
+    Leak {
+        #[arg(long, default_value_t = 1)]
+        pods: usize,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    // Ctrl-C or SIGTERM: stop and delete every lab this process made, then exit.
+    if let Err(err) = ctrlc::set_handler(|| {
+        eprintln!("sluice-lab: interrupted, tearing down");
+        teardown_all();
+        std::process::exit(130);
+    }) {
+        eprintln!("sluice-lab: cannot install the Ctrl-C handler: {err}");
+    }
+    let result = match cli.command {
+        Cmd::Demo {
+            lab,
+            count,
+            seconds,
+        } => demo(&lab, count, seconds),
+        Cmd::Up {
+            lab,
+            no_engine,
+            seconds,
+        } => up(&lab, no_engine, seconds),
+        Cmd::Cleanup { all } => clean(all),
+        Cmd::Leak { pods } => leak(pods),
+    };
+    if let Err(err) = result {
+        eprintln!("sluice-lab: {err:#}");
+        std::process::exit(1);
+    }
+}
+
+fn build(args: &LabArgs) -> Result<Lab> {
+    let spec = match args.mode {
+        Forwarding::Engine => LabSpec::engine(args.pods),
+        Forwarding::Kernel => LabSpec::kernel(args.pods),
+    }
+    .with_queues(args.workers);
+    let lab = Lab::new(spec)?;
+    println!(
+        "lab {}: {} pods, {:?} forwarding, {} queue(s) per veth, node namespace {}",
+        lab.prefix(),
+        lab.pods().len(),
+        lab.spec().mode,
+        lab.spec().queues,
+        lab.node_netns()
+    );
+    for pod in lab.pods() {
+        println!(
+            "  pod{:<3} {:<12} {:<14} mac {}  node side {} (ifindex {})  netns {}",
+            pod.index, pod.ipv4, pod.ipv6, pod.mac, pod.node_ifname, pod.node_ifindex, pod.netns
+        );
+    }
+    println!("  state file {}", lab.state_path().display());
+    Ok(lab)
+}
+
+fn start_engine(lab: &Lab, args: &LabArgs) -> Result<()> {
+    let options = EngineOptions {
+        binary: args.engine.clone(),
+        workers: Some(args.workers),
+        extra_args: args.engine_args.clone(),
+        ..EngineOptions::default()
+    };
+    let pid = lab.start_engine(&options)?;
+    println!(
+        "engine running (pid {pid}), stats socket {}",
+        lab.stats_socket().display()
+    );
+    Ok(())
+}
+
+fn demo(args: &LabArgs, count: u32, seconds: u32) -> Result<()> {
+    let lab = build(args)?;
+    if lab.spec().mode == Forwarding::Engine {
+        start_engine(&lab, args)?;
+    }
+    let n = lab.pods().len();
+    let pairs: Vec<(usize, usize)> = match n {
+        1 => Vec::new(),
+        2 => vec![(1, 2), (2, 1)],
+        _ => (1..=n).map(|i| (i, i % n + 1)).collect(),
+    };
+    let mut failures = 0;
+    println!("\nping, {count} requests per pair and family:");
+    for &(from, to) in &pairs {
+        let target = lab.pod(to)?;
+        let targets: [(&str, IpAddr); 2] =
+            [("ipv4", target.ipv4.into()), ("ipv6", target.ipv6.into())];
+        for (family, addr) in targets {
+            let line = format!("  pod{from} -> pod{to} {family} {addr:<14}");
+            match lab.ping(from, addr, count) {
+                Ok(result) => {
+                    if !result.all_received() {
+                        failures += 1;
+                    }
+                    println!("{line} {}", describe_ping(&result));
+                }
+                Err(err) => {
+                    failures += 1;
+                    println!("{line} error: {err:#}");
+                }
+            }
+        }
+    }
+    if let Some(&(from, to)) = pairs.first() {
+        let addr: IpAddr = lab.pod(to)?.ipv4.into();
+        println!("\niperf3, one TCP stream pod{from} -> pod{to} ({addr}) for {seconds} s:");
+        let run = lab
+            .iperf3_server(to)
+            .and_then(|_| lab.iperf3_client(from, addr, seconds));
+        match run {
+            Ok(r) => println!(
+                "  {:.2} Gbit/s received, {:.2} Gbit/s sent, retransmits {}",
+                r.received_bits_per_second / 1e9,
+                r.sent_bits_per_second / 1e9,
+                r.retransmits
+                    .map_or_else(|| "n/a".to_string(), |n| n.to_string())
+            ),
+            Err(err) => {
+                failures += 1;
+                println!("  error: {err:#}");
+            }
+        }
+    }
+    if lab.engine_pid().is_some() {
+        println!("\nengine counters:");
+        match lab.engine_stats() {
+            Ok(stats) => println!("{}", serde_json::to_string_pretty(&stats)?),
+            Err(err) => {
+                failures += 1;
+                println!("  error: {err:#}");
+            }
+        }
+    }
+    lab.teardown()?;
+    println!("\nlab {} removed", lab.prefix());
+    if failures > 0 {
+        bail!("{failures} check(s) failed");
+    }
+    Ok(())
+}
+
+fn describe_ping(r: &PingResult) -> String {
+    let rtt = r
+        .rtt_ms
+        .map_or_else(String::new, |rtt| format!(", rtt avg {:.3} ms", rtt.avg));
+    let verdict = if r.all_received() { "ok" } else { "LOSS" };
+    format!("{}/{} replies{rtt}  {verdict}", r.received, r.sent)
+}
+
+fn up(args: &LabArgs, no_engine: bool, seconds: Option<u64>) -> Result<()> {
+    let lab = build(args)?;
+    if lab.spec().mode == Forwarding::Engine && !no_engine {
+        start_engine(&lab, args)?;
+    }
+    let pod = lab.pod(1)?;
+    println!(
+        "\nlab is up. Try:\n  nsenter --net=/run/netns/{} ping {}\n  nsenter --net=/run/netns/{} bash",
+        pod.netns,
+        lab.pods().last().map_or(pod.ipv4, |p| p.ipv4),
+        lab.node_netns()
+    );
+    match seconds {
+        Some(s) => println!("tearing down in {s} s (or on Ctrl-C)"),
+        None => println!("Ctrl-C tears it down"),
+    }
+    let deadline = seconds.map(|s| Instant::now() + Duration::from_secs(s));
+    while deadline.is_none_or(|d| Instant::now() < d) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    lab.teardown()?;
+    println!("lab {} removed", lab.prefix());
+    Ok(())
+}
+
+fn clean(all: bool) -> Result<()> {
+    let scope = if all {
+        CleanupScope::All
+    } else {
+        CleanupScope::Stale
+    };
+    let report = cleanup(scope)?;
+    println!(
+        "removed {} namespace(s){}{}",
+        report.namespaces.len(),
+        if report.namespaces.is_empty() {
+            ""
+        } else {
+            ": "
+        },
+        report.namespaces.join(" ")
+    );
+    if !report.run_dirs.is_empty() {
+        println!("removed run dir(s): {}", report.run_dirs.join(" "));
+    }
+    Ok(())
+}
+
+fn leak(pods: usize) -> Result<()> {
+    let lab = Lab::new(LabSpec::kernel(pods))?;
+    lab.spawn(1, "sleeper", &["sleep", "300"])
+        .context("starting a process in the leaked lab")?;
+    println!("{}", lab.prefix());
+    std::mem::forget(lab);
+    std::process::exit(0);
+}

@@ -1,0 +1,676 @@
+//! The lab guard: one node namespace, its pods, and everything started in them.
+
+use std::fs;
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, ensure, Context, Result};
+use sluice_tables::{Endpoint, Gateway, MacAddr, NodeState};
+
+use crate::command::{self, in_netns, ip, run, run_ok, CmdOutput, SETUP_TIMEOUT};
+use crate::names;
+
+/// The gateway every pod routes through; the engine (or, in kernel mode, the
+/// node kernel) answers for it.
+pub const GATEWAY_MAC: MacAddr = MacAddr([0x02, 0x53, 0x4c, 0x00, 0x00, 0x01]);
+pub const GATEWAY_IPV4: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 1);
+pub const GATEWAY_IPV6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
+
+/// Most pods one lab holds (the last IPv4 octet is 10 + pod number).
+pub const MAX_PODS: usize = 200;
+/// Most queues per veth (engine workers) the lab accepts.
+pub const MAX_QUEUES: u32 = 64;
+
+/// Default deadline for a command run in a pod with [`Lab::exec`].
+pub const EXEC_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Who moves packets between the pods.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forwarding {
+    /// The node namespace has no addresses, no routes and forwarding off: the
+    /// only path between pods is sluice-engine. Without it, pods are isolated.
+    Engine,
+    /// The node kernel routes between pods (the baseline for benchmarks).
+    Kernel,
+}
+
+impl std::str::FromStr for Forwarding {
+    type Err = anyhow::Error;
+    fn from_str(text: &str) -> Result<Forwarding> {
+        match text {
+            "engine" => Ok(Forwarding::Engine),
+            "kernel" => Ok(Forwarding::Kernel),
+            other => bail!("unknown forwarding mode {other:?} (engine or kernel)"),
+        }
+    }
+}
+
+/// The shape of a lab.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LabSpec {
+    pub pods: usize,
+    /// numtxqueues/numrxqueues of every veth: one per engine worker.
+    pub queues: u32,
+    pub mode: Forwarding,
+    /// `ethtool -K eth0 tx off` in every pod. XDP on a veth turns off TSO on its
+    /// peer and TCP checksums can then arrive unfilled at the engine.
+    pub pod_tx_checksum_off: bool,
+}
+
+impl LabSpec {
+    /// Pods forwarded by sluice-engine, with pod checksum offload off.
+    pub fn engine(pods: usize) -> LabSpec {
+        LabSpec {
+            pods,
+            queues: 1,
+            mode: Forwarding::Engine,
+            pod_tx_checksum_off: true,
+        }
+    }
+
+    /// Pods forwarded by the node kernel.
+    pub fn kernel(pods: usize) -> LabSpec {
+        LabSpec {
+            pods,
+            queues: 1,
+            mode: Forwarding::Kernel,
+            pod_tx_checksum_off: false,
+        }
+    }
+
+    pub fn with_queues(mut self, queues: u32) -> LabSpec {
+        self.queues = queues;
+        self
+    }
+}
+
+/// Pod `i`'s IPv4 address (pods are numbered from 1).
+pub fn pod_ipv4(pod: usize) -> Ipv4Addr {
+    Ipv4Addr::new(10, 200, 0, (10 + pod) as u8)
+}
+
+/// Pod `i`'s IPv6 address: `fd00:200::<10+i>`, the number written as the last group.
+pub fn pod_ipv6(pod: usize) -> Ipv6Addr {
+    format!("fd00:200::{}", 10 + pod)
+        .parse()
+        .expect("pod numbers are at most MAX_PODS")
+}
+
+/// One pod of a lab.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pod {
+    /// 1-based.
+    pub index: usize,
+    /// Kubernetes-style name, `default/pod<i>`.
+    pub name: String,
+    pub netns: String,
+    pub ipv4: Ipv4Addr,
+    pub ipv6: Ipv6Addr,
+    /// MAC of the pod's eth0.
+    pub mac: MacAddr,
+    /// The node side of the pod's veth, `lxc<i>`.
+    pub node_ifname: String,
+    /// Its ifindex inside the node namespace.
+    pub node_ifindex: u32,
+}
+
+/// A process the lab started and will stop.
+#[derive(Debug)]
+pub(crate) struct Tracked {
+    pub what: String,
+    pub child: Child,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Inner {
+    /// Created namespaces, in creation order.
+    namespaces: Vec<String>,
+    pub(crate) engine: Option<Tracked>,
+    pub(crate) processes: Vec<Tracked>,
+    torn_down: bool,
+}
+
+/// What teardown needs; shared with the registry so a signal handler can tear
+/// down labs that the main thread owns.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    prefix: String,
+    run_dir: PathBuf,
+    inner: Mutex<Inner>,
+}
+
+/// Labs not yet torn down, for [`teardown_all`].
+static LIVE: Mutex<Vec<Arc<Shared>>> = Mutex::new(Vec::new());
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic elsewhere must not stop teardown.
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Tears down every lab of this process that still stands. For signal handlers
+/// (Ctrl-C in the binary); a lab's owner dropping it later is harmless.
+pub fn teardown_all() {
+    let live: Vec<Arc<Shared>> = lock(&LIVE).clone();
+    for shared in live {
+        if let Err(err) = shared.teardown() {
+            eprintln!("sluice-lab: teardown of {}: {err:#}", shared.prefix);
+        }
+    }
+}
+
+impl Shared {
+    pub(crate) fn lock(&self) -> Result<MutexGuard<'_, Inner>> {
+        let inner = lock(&self.inner);
+        ensure!(!inner.torn_down, "lab {} is already torn down", self.prefix);
+        Ok(inner)
+    }
+
+    /// Stops every process, deletes every namespace and the run directory.
+    /// Idempotent; keeps going past errors and reports the first.
+    fn teardown(&self) -> Result<()> {
+        let mut inner = lock(&self.inner);
+        if inner.torn_down {
+            return Ok(());
+        }
+        inner.torn_down = true;
+        let mut errors = Vec::new();
+        let tracked: Vec<Tracked> = inner.engine.take().into_iter().collect();
+        for mut t in tracked
+            .into_iter()
+            .chain(std::mem::take(&mut inner.processes))
+        {
+            if let Err(err) = command::terminate(&mut t.child, Duration::from_secs(5)) {
+                errors.push(anyhow!("stopping {}: {err:#}", t.what));
+            }
+        }
+        // Pods first, the node last: the reverse of creation.
+        for netns in inner.namespaces.iter().rev() {
+            if let Err(err) = delete_netns(netns) {
+                errors.push(err);
+            }
+        }
+        inner.namespaces.clear();
+        if let Err(err) = fs::remove_dir_all(&self.run_dir) {
+            if err.kind() != std::io::ErrorKind::NotFound {
+                errors.push(anyhow!("removing {}: {err}", self.run_dir.display()));
+            }
+        }
+        drop(inner);
+        lock(&LIVE).retain(|s| !std::ptr::eq(s.as_ref(), self));
+        match errors.into_iter().next() {
+            Some(err) => Err(err),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Kills what still runs in `netns` (by PID, from `ip netns pids`), then deletes it.
+pub(crate) fn delete_netns(netns: &str) -> Result<()> {
+    if !command::netns_path(netns).exists() {
+        return Ok(());
+    }
+    // Bounded: a process that survives SIGKILL (uninterruptible sleep) is left,
+    // and the namespace then lingers until it exits; deletion still unbinds it.
+    for _ in 0..3 {
+        let out = run(&mut ip(&["netns", "pids", netns]), SETUP_TIMEOUT)?;
+        let pids: Vec<u32> = out
+            .stdout
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect();
+        if pids.is_empty() {
+            break;
+        }
+        for pid in pids {
+            command::terminate_foreign(pid, Duration::from_secs(2));
+        }
+    }
+    run_ok(&mut ip(&["netns", "del", netns]), SETUP_TIMEOUT)
+        .with_context(|| format!("deleting namespace {netns}"))?;
+    Ok(())
+}
+
+/// A node and its pods, as network namespaces. Dropping it stops everything it
+/// started and deletes everything it created, also when a test panics.
+#[derive(Debug)]
+pub struct Lab {
+    pub(crate) shared: Arc<Shared>,
+    spec: LabSpec,
+    node_netns: String,
+    pods: Vec<Pod>,
+    state_path: PathBuf,
+}
+
+impl Lab {
+    /// Builds the node and pods of `spec` and writes the engine's state file.
+    pub fn new(spec: LabSpec) -> Result<Lab> {
+        ensure!(
+            (1..=MAX_PODS).contains(&spec.pods),
+            "a lab has 1 to {MAX_PODS} pods, not {}",
+            spec.pods
+        );
+        ensure!(
+            (1..=MAX_QUEUES).contains(&spec.queues),
+            "a veth has 1 to {MAX_QUEUES} queues, not {}",
+            spec.queues
+        );
+        ensure!(command::is_root(), "the lab needs root (namespaces, veths)");
+        let prefix = names::next_prefix();
+        let run_dir = names::run_dir(&prefix);
+        let shared = Arc::new(Shared {
+            prefix: prefix.clone(),
+            run_dir: run_dir.clone(),
+            inner: Mutex::new(Inner::default()),
+        });
+        lock(&LIVE).push(shared.clone());
+        // From here on, any error drops `lab`, which tears down what exists.
+        let mut lab = Lab {
+            shared,
+            node_netns: names::node_netns(&prefix),
+            state_path: run_dir.join("state.json"),
+            spec,
+            pods: Vec::new(),
+        };
+        fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
+        lab.build()?;
+        Ok(lab)
+    }
+
+    fn build(&mut self) -> Result<()> {
+        let node = self.node_netns.clone();
+        self.add_netns(&node)?;
+        ip_in(&node, &["link", "set", "lo", "up"])?;
+        match self.spec.mode {
+            Forwarding::Engine => sysctl(
+                &node,
+                &[
+                    ("net.ipv4.conf.all.forwarding", "0"),
+                    ("net.ipv4.conf.default.forwarding", "0"),
+                    ("net.ipv6.conf.all.forwarding", "0"),
+                    ("net.ipv6.conf.default.forwarding", "0"),
+                ],
+            )?,
+            Forwarding::Kernel => sysctl(
+                &node,
+                &[
+                    ("net.ipv4.conf.all.forwarding", "1"),
+                    ("net.ipv6.conf.all.forwarding", "1"),
+                ],
+            )?,
+        }
+        for index in 1..=self.spec.pods {
+            let pod = self.add_pod(index)?;
+            self.pods.push(pod);
+        }
+        let state = serde_json::to_string_pretty(&self.node_state())?;
+        fs::write(&self.state_path, state + "\n")
+            .with_context(|| format!("writing {}", self.state_path.display()))?;
+        Ok(())
+    }
+
+    /// Creates a namespace under the lock, so a concurrent teardown either sees
+    /// it or prevents it.
+    fn add_netns(&self, netns: &str) -> Result<()> {
+        let mut inner = self.shared.lock()?;
+        run_ok(&mut ip(&["netns", "add", netns]), SETUP_TIMEOUT)?;
+        inner.namespaces.push(netns.to_string());
+        Ok(())
+    }
+
+    fn add_pod(&self, index: usize) -> Result<Pod> {
+        let node = &self.node_netns;
+        let netns = names::pod_netns(&self.shared.prefix, index);
+        let lxc = format!("lxc{index}");
+        let queues = self.spec.queues.to_string();
+        let (ipv4, ipv6) = (pod_ipv4(index), pod_ipv6(index));
+        self.add_netns(&netns)?;
+        // Created inside the node namespace with its peer moved straight into
+        // the pod: no lab interface ever exists in the root namespace.
+        #[rustfmt::skip]
+        ip_in(node, &[
+            "link", "add", &lxc, "numtxqueues", &queues, "numrxqueues", &queues,
+            "type", "veth", "peer", "name", "eth0", "netns", &netns,
+            "numtxqueues", &queues, "numrxqueues", &queues,
+        ])?;
+
+        // Node side. No DAD: addresses are usable at once and no probe leaves.
+        sysctl(node, &[(&format!("net.ipv6.conf.{lxc}.accept_dad"), "0")])?;
+        match self.spec.mode {
+            Forwarding::Engine => {
+                // No link-local address either: the node kernel owns nothing here.
+                ip_in(node, &["link", "set", &lxc, "addrgenmode", "none"])?;
+                sysctl(
+                    node,
+                    &[
+                        (&format!("net.ipv4.conf.{lxc}.forwarding"), "0"),
+                        (&format!("net.ipv6.conf.{lxc}.forwarding"), "0"),
+                    ],
+                )?;
+                ip_in(node, &["link", "set", &lxc, "up"])?;
+            }
+            Forwarding::Kernel => {
+                ip_in(node, &["link", "set", &lxc, "up"])?;
+                let gw4 = format!("{GATEWAY_IPV4}/32");
+                let gw6 = format!("{GATEWAY_IPV6}/64");
+                ip_in(node, &["addr", "add", &gw4, "dev", &lxc])?;
+                ip_in(node, &["-6", "addr", "add", &gw6, "dev", &lxc, "nodad"])?;
+                let to4 = format!("{ipv4}/32");
+                let to6 = format!("{ipv6}/128");
+                ip_in(node, &["route", "add", &to4, "dev", &lxc])?;
+                ip_in(node, &["-6", "route", "add", &to6, "dev", &lxc])?;
+            }
+        }
+
+        // Pod side.
+        sysctl(&netns, &[("net.ipv6.conf.eth0.accept_dad", "0")])?;
+        ip_in(&netns, &["link", "set", "lo", "up"])?;
+        ip_in(&netns, &["link", "set", "eth0", "up"])?;
+        let addr4 = format!("{ipv4}/32");
+        let addr6 = format!("{ipv6}/128");
+        let gw4 = GATEWAY_IPV4.to_string();
+        let gw6 = GATEWAY_IPV6.to_string();
+        ip_in(&netns, &["addr", "add", &addr4, "dev", "eth0"])?;
+        ip_in(
+            &netns,
+            &["-6", "addr", "add", &addr6, "dev", "eth0", "nodad"],
+        )?;
+        #[rustfmt::skip]
+        ip_in(&netns, &["route", "add", &gw4, "dev", "eth0", "scope", "link"])?;
+        ip_in(
+            &netns,
+            &["route", "add", "default", "via", &gw4, "dev", "eth0"],
+        )?;
+        #[rustfmt::skip]
+        ip_in(&netns, &["-6", "route", "add", "default", "via", &gw6, "dev", "eth0"])?;
+        if self.spec.pod_tx_checksum_off {
+            run_ok(
+                &mut in_netns(&netns, &["ethtool", "-K", "eth0", "tx", "off"]),
+                SETUP_TIMEOUT,
+            )?;
+        }
+
+        let (_, mac) = link_info(&netns, "eth0")?;
+        let (node_ifindex, _) = link_info(node, &lxc)?;
+        Ok(Pod {
+            index,
+            name: format!("default/pod{index}"),
+            netns,
+            ipv4,
+            ipv6,
+            mac,
+            node_ifname: lxc,
+            node_ifindex,
+        })
+    }
+
+    /// `sl<pid>x<n>`: the prefix of every object of this lab.
+    pub fn prefix(&self) -> &str {
+        &self.shared.prefix
+    }
+
+    pub fn spec(&self) -> &LabSpec {
+        &self.spec
+    }
+
+    pub fn node_netns(&self) -> &str {
+        &self.node_netns
+    }
+
+    pub fn pods(&self) -> &[Pod] {
+        &self.pods
+    }
+
+    /// Pod `index` (1-based).
+    pub fn pod(&self, index: usize) -> Result<&Pod> {
+        index
+            .checked_sub(1)
+            .and_then(|i| self.pods.get(i))
+            .ok_or_else(|| anyhow!("lab {} has no pod {index}", self.prefix()))
+    }
+
+    /// `/run/sluice-lab/<prefix>`: state file, engine socket, logs.
+    pub fn run_dir(&self) -> &Path {
+        &self.shared.run_dir
+    }
+
+    /// The engine's input, written at construction.
+    pub fn state_path(&self) -> &Path {
+        &self.state_path
+    }
+
+    /// Every namespace the lab made, node first.
+    pub fn namespaces(&self) -> Vec<String> {
+        lock(&self.shared.inner).namespaces.clone()
+    }
+
+    /// The node state the engine is given: gateway plus one endpoint per pod.
+    pub fn node_state(&self) -> NodeState {
+        NodeState {
+            gateway: Gateway {
+                mac: GATEWAY_MAC,
+                ipv4: GATEWAY_IPV4,
+                ipv6: GATEWAY_IPV6,
+            },
+            endpoints: self
+                .pods
+                .iter()
+                .map(|pod| Endpoint {
+                    name: pod.name.clone(),
+                    ifindex: pod.node_ifindex,
+                    ifname: pod.node_ifname.clone(),
+                    mac: pod.mac,
+                    ipv4: Some(pod.ipv4),
+                    ipv6: Some(pod.ipv6),
+                    identity: 0,
+                })
+                .collect(),
+        }
+    }
+
+    /// Runs `args` in pod `pod` with the default timeout.
+    pub fn exec(&self, pod: usize, args: &[&str]) -> Result<CmdOutput> {
+        self.exec_timeout(pod, args, EXEC_TIMEOUT)
+    }
+
+    /// Runs `args` in pod `pod`; killed after `timeout`.
+    pub fn exec_timeout(&self, pod: usize, args: &[&str], timeout: Duration) -> Result<CmdOutput> {
+        let netns = self.pod(pod)?.netns.clone();
+        self.exec_in(&netns, args, timeout)
+    }
+
+    /// Runs `args` in the node namespace; killed after `timeout`.
+    pub fn exec_node(&self, args: &[&str], timeout: Duration) -> Result<CmdOutput> {
+        self.exec_in(&self.node_netns, args, timeout)
+    }
+
+    fn exec_in(&self, netns: &str, args: &[&str], timeout: Duration) -> Result<CmdOutput> {
+        let running = {
+            // Started under the lock: a teardown running now would otherwise
+            // miss it when it lists the namespace's processes.
+            let _inner = self.shared.lock()?;
+            command::start(&mut in_netns(netns, args))?
+        };
+        running.finish(timeout)
+    }
+
+    /// Starts `args` in pod `pod` in the background; the lab stops it at teardown
+    /// (or [`Lab::stop_process`] earlier). Output goes to `<run dir>/<log>.{stdout,stderr}.log`.
+    pub fn spawn(&self, pod: usize, log: &str, args: &[&str]) -> Result<u32> {
+        let netns = self.pod(pod)?.netns.clone();
+        let mut inner = self.shared.lock()?;
+        let child = self.spawn_logged(&netns, log, args)?;
+        let pid = child.id();
+        inner.processes.push(Tracked {
+            what: format!("`{}` in {netns} (pid {pid})", args.join(" ")),
+            child,
+        });
+        Ok(pid)
+    }
+
+    /// Spawns with output to log files in the run dir; the caller tracks the child.
+    pub(crate) fn spawn_logged(&self, netns: &str, log: &str, args: &[&str]) -> Result<Child> {
+        let open = |stream: &str| -> Result<fs::File> {
+            let path = self.log_path(log, stream);
+            fs::File::create(&path).with_context(|| format!("creating {}", path.display()))
+        };
+        let mut cmd = in_netns(netns, args);
+        cmd.stdin(Stdio::null())
+            .stdout(open("stdout")?)
+            .stderr(open("stderr")?);
+        cmd.spawn()
+            .with_context(|| format!("cannot start `{}`", command::describe(&cmd)))
+    }
+
+    pub(crate) fn log_path(&self, log: &str, stream: &str) -> PathBuf {
+        self.run_dir().join(format!("{log}.{stream}.log"))
+    }
+
+    /// The last `lines` lines of a background process's stdout and stderr.
+    pub fn log_tail(&self, log: &str, lines: usize) -> String {
+        let mut text = String::new();
+        for stream in ["stdout", "stderr"] {
+            let content = fs::read_to_string(self.log_path(log, stream)).unwrap_or_default();
+            let all: Vec<&str> = content.lines().collect();
+            let tail = &all[all.len().saturating_sub(lines)..];
+            text.push_str(&format!("--- {log} {stream} (last {} lines)\n", tail.len()));
+            for line in tail {
+                text.push_str(line);
+                text.push('\n');
+            }
+        }
+        text
+    }
+
+    /// Whether a process started with [`Lab::spawn`] still runs.
+    pub fn process_running(&self, pid: u32) -> Result<bool> {
+        let mut inner = self.shared.lock()?;
+        let tracked = inner
+            .processes
+            .iter_mut()
+            .find(|t| t.child.id() == pid)
+            .ok_or_else(|| anyhow!("pid {pid} was not started by this lab"))?;
+        Ok(tracked.child.try_wait()?.is_none())
+    }
+
+    /// Waits up to `timeout` for a process started with [`Lab::spawn`] to exit by
+    /// itself; `Ok(None)` if it still runs.
+    pub fn wait_process(
+        &self,
+        pid: u32,
+        timeout: Duration,
+    ) -> Result<Option<std::process::ExitStatus>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            {
+                let mut inner = self.shared.lock()?;
+                let tracked = inner
+                    .processes
+                    .iter_mut()
+                    .find(|t| t.child.id() == pid)
+                    .ok_or_else(|| anyhow!("pid {pid} was not started by this lab"))?;
+                if let Some(status) = tracked.child.try_wait()? {
+                    return Ok(Some(status));
+                }
+            }
+            if Instant::now() >= deadline {
+                return Ok(None);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops a process started with [`Lab::spawn`] (SIGTERM, then SIGKILL).
+    pub fn stop_process(&self, pid: u32) -> Result<std::process::ExitStatus> {
+        let mut inner = self.shared.lock()?;
+        let at = inner
+            .processes
+            .iter()
+            .position(|t| t.child.id() == pid)
+            .ok_or_else(|| anyhow!("pid {pid} was not started by this lab"))?;
+        let mut tracked = inner.processes.remove(at);
+        command::terminate(&mut tracked.child, Duration::from_secs(5))
+    }
+
+    /// Stops everything and deletes everything; also done by drop. Idempotent.
+    pub fn teardown(&self) -> Result<()> {
+        self.shared.teardown()
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if let Err(err) = self.shared.teardown() {
+            eprintln!("sluice-lab: teardown of {}: {err:#}", self.shared.prefix);
+        }
+    }
+}
+
+/// `ip -n <netns> <args>`, which must succeed.
+fn ip_in(netns: &str, args: &[&str]) -> Result<CmdOutput> {
+    let mut full = vec!["-n", netns];
+    full.extend_from_slice(args);
+    run_ok(&mut ip(&full), SETUP_TIMEOUT)
+}
+
+/// Sets sysctls inside `netns` (/proc/sys/net shows the reader's namespace).
+fn sysctl(netns: &str, settings: &[(&str, &str)]) -> Result<()> {
+    let assignments: Vec<String> = settings.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let mut args = vec!["sysctl", "-q", "-w"];
+    args.extend(assignments.iter().map(String::as_str));
+    run_ok(&mut in_netns(netns, &args), SETUP_TIMEOUT)?;
+    Ok(())
+}
+
+/// ifindex and MAC of `ifname` in `netns`, from `ip -j link show`.
+pub(crate) fn link_info(netns: &str, ifname: &str) -> Result<(u32, MacAddr)> {
+    let out = ip_in(netns, &["-j", "link", "show", "dev", ifname])?;
+    let links: serde_json::Value = serde_json::from_str(&out.stdout)
+        .with_context(|| format!("parsing `ip -j link show {ifname}` in {netns}"))?;
+    let link = &links[0];
+    let ifindex = link["ifindex"]
+        .as_u64()
+        .and_then(|i| u32::try_from(i).ok())
+        .ok_or_else(|| anyhow!("{ifname} in {netns}: no ifindex in {}", out.stdout.trim()))?;
+    let mac = link["address"]
+        .as_str()
+        .and_then(MacAddr::parse)
+        .ok_or_else(|| anyhow!("{ifname} in {netns}: no MAC in {}", out.stdout.trim()))?;
+    Ok((ifindex, mac))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pod_addresses_follow_the_plan() {
+        assert_eq!(pod_ipv4(1).to_string(), "10.200.0.11");
+        assert_eq!(pod_ipv6(1).to_string(), "fd00:200::11");
+        assert_eq!(pod_ipv4(MAX_PODS).to_string(), "10.200.0.210");
+        assert_eq!(pod_ipv6(MAX_PODS).to_string(), "fd00:200::210");
+    }
+
+    #[test]
+    fn gateway_constants_match_the_plan() {
+        assert_eq!(GATEWAY_MAC.to_string(), "02:53:4c:00:00:01");
+        assert_eq!(GATEWAY_IPV6.to_string(), "fe80::1");
+    }
+
+    #[test]
+    fn modes_parse() {
+        assert_eq!("kernel".parse::<Forwarding>().unwrap(), Forwarding::Kernel);
+        assert_eq!("engine".parse::<Forwarding>().unwrap(), Forwarding::Engine);
+        assert!("bridge".parse::<Forwarding>().is_err());
+    }
+
+    #[test]
+    fn bad_specs_are_refused_before_touching_anything() {
+        let err = Lab::new(LabSpec::kernel(0)).unwrap_err();
+        assert!(err.to_string().contains("1 to 200 pods"), "{err}");
+        let err = Lab::new(LabSpec::kernel(1).with_queues(0)).unwrap_err();
+        assert!(err.to_string().contains("queues"), "{err}");
+    }
+}
