@@ -94,6 +94,9 @@ drop_reasons! {
     /// The kernel dropped frames for this socket (rx ring full, invalid descriptors);
     /// counted from XDP_STATISTICS, not per frame.
     RxRingDropped = 21, "rx_ring_dropped";
+    /// ICMP/ICMPv6 checksum of a message addressed to the gateway itself (ND, echo)
+    /// does not verify. Transit traffic is not checksummed by the engine.
+    L4ChecksumBad = 22, "l4_checksum_bad";
 }
 
 #[cfg(test)]
@@ -106,7 +109,10 @@ mod tests {
             assert_eq!(r.index(), i);
             assert_eq!(DropReason::from_number(r.number()), Some(*r));
             assert_eq!(
-                DropReason::ALL.iter().filter(|o| o.name() == r.name()).count(),
+                DropReason::ALL
+                    .iter()
+                    .filter(|o| o.name() == r.name())
+                    .count(),
                 1
             );
         }

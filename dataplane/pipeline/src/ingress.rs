@@ -1,0 +1,118 @@
+//! First stage: is the frame ours, well formed, and from the pod it claims?
+
+use sluice_tables::{Endpoint, Tables};
+use sluice_wire::{ParseError, Parsed, L3};
+
+use crate::{arp, ipv4, ipv6, DropReason, Verdict};
+
+/// Longest frame accepted: a 1500-byte MTU plus the Ethernet header, with 4
+/// bytes of slack for one 802.1Q tag (which is then refused as an ethertype).
+pub const MAX_FRAME_LEN: usize = 1514 + 4;
+
+/// What every later stage needs to know about where the frame came from.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Ingress<'t> {
+    pub ifindex: u32,
+    /// The pod behind the ingress interface.
+    pub endpoint: &'t Endpoint,
+    pub tables: &'t Tables,
+    /// Valid bytes in the frame.
+    pub len: usize,
+    pub parsed: Parsed,
+}
+
+pub(crate) fn run(
+    frame: &mut [u8],
+    len: usize,
+    ifindex: u32,
+    tables: &Tables,
+) -> Result<Verdict, DropReason> {
+    if len > frame.len() || len > MAX_FRAME_LEN {
+        return Err(DropReason::FrameTooLarge);
+    }
+    let endpoint = tables
+        .endpoints
+        .by_ifindex(ifindex)
+        .ok_or(DropReason::UnknownIngress)?;
+    let parsed = sluice_wire::parse(&frame[..len]).map_err(drop_reason)?;
+    if parsed.src != endpoint.mac.0 {
+        return Err(DropReason::SpoofedSourceMac);
+    }
+    let ctx = Ingress {
+        ifindex,
+        endpoint,
+        tables,
+        len,
+        parsed,
+    };
+    match parsed.l3 {
+        L3::Arp => arp::handle(frame, &ctx),
+        L3::Ipv4 {
+            header_len,
+            total_len,
+            fragment,
+            l4,
+            ..
+        } => ipv4::handle(
+            frame,
+            &ctx,
+            ipv4::Layout {
+                header_len,
+                total_len,
+                fragment,
+                l4,
+            },
+        ),
+        L3::Ipv6 {
+            payload_len,
+            upper,
+            l4,
+        } => ipv6::handle(
+            frame,
+            &ctx,
+            ipv6::Layout {
+                payload_len,
+                upper,
+                l4,
+            },
+        ),
+        L3::Other => Err(DropReason::UnknownEthertype),
+    }
+}
+
+/// The drop counter for a failed parse check.
+pub fn drop_reason(e: ParseError) -> DropReason {
+    use ParseError as P;
+    match e {
+        P::EthernetTruncated
+        | P::Ipv4Truncated
+        | P::Ipv4HeaderTruncated
+        | P::Ipv4TotalLengthTruncated
+        | P::Ipv6Truncated
+        | P::Ipv6PayloadTruncated => DropReason::Truncated,
+        P::ArpTruncated
+        | P::ArpHardwareType
+        | P::ArpProtocolType
+        | P::ArpAddressLength
+        | P::ArpOperation => DropReason::InvalidArp,
+        P::Ipv4Version | P::Ipv4HeaderLength | P::Ipv4TotalLength => DropReason::InvalidIpv4Header,
+        P::Ipv4Checksum => DropReason::Ipv4ChecksumBad,
+        P::Ipv6Version
+        | P::Ipv6ExtensionTruncated
+        | P::Ipv6HopByHopNotFirst
+        | P::Ipv6ExtensionChainTooLong => DropReason::InvalidIpv6Header,
+        P::TcpTruncated
+        | P::TcpDataOffset
+        | P::TcpHeaderTruncated
+        | P::UdpTruncated
+        | P::UdpLength
+        | P::UdpLengthTruncated
+        | P::Icmpv4Truncated
+        | P::Icmpv6Truncated
+        | P::NdiscTruncated
+        | P::NdiscCode
+        | P::NdiscOptionLength
+        | P::NdiscLinkLayerOption
+        | P::IcmpType => DropReason::InvalidL4Header,
+    }
+}

@@ -1,0 +1,83 @@
+//! The steady-state batch loop allocates nothing: ~1000 `process` calls over
+//! the fixture set under a counting global allocator.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use sluice_pipeline::fixtures;
+use sluice_pipeline::Verdict;
+
+struct Counting;
+
+/// Allocations seen on a thread whose `COUNTING` is set. Relaxed is enough:
+/// the counting thread is the one that reads the count. The flag is per thread
+/// so that the test harness's own threads are not counted.
+static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    static COUNTING: Cell<bool> = const { Cell::new(false) };
+}
+
+fn counting(on: bool) {
+    COUNTING.with(|c| c.set(on));
+}
+
+fn count() {
+    if COUNTING.with(|c| c.get()) {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+// The allocator has to be unsafe to implement; it only counts and delegates.
+#[allow(unsafe_code)]
+// SAFETY: every method forwards to `System` with the caller's arguments
+// unchanged, so `System`'s guarantees hold.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        count();
+        // SAFETY: same layout contract as our caller's.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: `ptr` came from `System.alloc` with this layout.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        count();
+        // SAFETY: `ptr`/`layout` came from this allocator, which is `System`.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+#[test]
+fn a_batch_of_process_calls_allocates_nothing() {
+    // Setup allocates freely: tables, fixtures, the chunk.
+    let tables = fixtures::tables();
+    let all = fixtures::all();
+    let mut chunk = vec![0u8; 4096];
+    let mut forwarded = 0usize;
+
+    // The counter sees allocations at all.
+    counting(true);
+    drop(std::hint::black_box(vec![1u8; 16]));
+    counting(false);
+    assert!(ALLOCATIONS.swap(0, Ordering::Relaxed) >= 1);
+
+    counting(true);
+    for i in 0..1000u64 {
+        let f = &all[(i as usize) % all.len()];
+        if let Verdict::Forward { len, .. } = f.run(&tables, &mut chunk, i) {
+            forwarded += len;
+        }
+    }
+    counting(false);
+
+    assert!(forwarded > 0);
+    assert_eq!(ALLOCATIONS.load(Ordering::Relaxed), 0);
+}
