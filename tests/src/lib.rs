@@ -1,1 +1,4 @@
-//! End-to-end tests that run as root in network namespaces (see tests/lab_*.rs).
+//! End-to-end tests of the dataplane, run as root in network namespaces made
+//! by the lab (`tests/*.rs`). They use the release `sluice-engine` next to the
+//! test binary's target directory, or `$SLUICE_ENGINE`; `scripts/test.sh`
+//! builds it first.

@@ -1,1 +1,17 @@
-//! The packet engine: pinned workers running rx -> pipeline -> tx.
+//! The packet engine: pinned workers running rx batch -> pipeline -> tx batch,
+//! a control thread that attaches interfaces and publishes table snapshots,
+//! and a stats socket.
+//!
+//! Layering: the engine ties the I/O crate (sluice-xsk), the XDP loader
+//! (sluice-xdp) and the pure pipeline together; it never parses Kubernetes
+//! objects.
+
+pub mod config;
+pub mod control;
+pub mod counters;
+pub mod ports;
+pub mod stats;
+pub mod worker;
+
+pub use config::EngineConfig;
+pub use control::run;

@@ -1,0 +1,307 @@
+//! The engine's control thread: reads the desired node state, attaches XDP
+//! programs and worker sockets to the interfaces it names, publishes table
+//! snapshots, serves the stats socket, and shuts everything down in order.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use crossbeam_channel::{bounded, Sender};
+use hashbrown::HashMap;
+use sluice_tables::{NodeState, Tables, TablesHandle};
+use sluice_xdp::{AttachMode, PodProgram};
+use sluice_xsk::{WorkerIo, XskConfig};
+
+use crate::config::{EngineConfig, XdpAttach};
+use crate::counters::WorkerCounters;
+use crate::ports::{PortBoard, PortCommand, PortStatus};
+use crate::stats::{EngineInfo, EngineShared, StatsSocket};
+use crate::worker::Worker;
+
+/// How long the control thread waits for a worker to open or close a socket.
+const WORKER_REPLY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Reads and validates a node state file; the error names the file and what is wrong.
+pub fn read_state(path: &std::path::Path) -> anyhow::Result<Tables> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("read node state {}", path.display()))?;
+    let state: NodeState = serde_json::from_str(&text)
+        .with_context(|| format!("parse node state {}", path.display()))?;
+    Tables::build(state).with_context(|| format!("node state {}", path.display()))
+}
+
+/// One interface the engine serves: its steering program and the fact that
+/// every worker has a socket on it.
+struct Attached {
+    ifindex: u32,
+    _program: PodProgram,
+}
+
+/// Brings the interfaces in line with the desired state.
+struct Reconciler {
+    state_path: PathBuf,
+    tables: TablesHandle,
+    attached: HashMap<String, Attached>,
+    workers: Vec<Sender<PortCommand>>,
+    xdp_mode: AttachMode,
+    shared: Arc<EngineShared>,
+}
+
+impl Reconciler {
+    /// Re-reads the state file and applies it. A state that does not parse or
+    /// conflicts is refused whole; an interface that cannot be attached is
+    /// shown as down and the others are served.
+    fn apply(&mut self) -> anyhow::Result<u64> {
+        let tables = read_state(&self.state_path)?;
+        let wanted: Vec<(String, u32)> = tables
+            .endpoints
+            .iter()
+            .map(|e| (e.ifname.clone(), e.ifindex))
+            .collect();
+        for (ifname, ifindex) in &wanted {
+            let stale = self
+                .attached
+                .get(ifname)
+                .is_some_and(|a| a.ifindex != *ifindex);
+            if stale {
+                self.detach(ifname);
+            }
+            if !self.attached.contains_key(ifname) {
+                if let Err(e) = self.attach(ifname, *ifindex) {
+                    tracing::error!("{e:#}");
+                    for worker in 0..self.workers.len() {
+                        self.shared.ports.set(PortStatus {
+                            worker,
+                            ifname: ifname.clone(),
+                            ifindex: *ifindex,
+                            queue: worker as u32,
+                            state: format!("down: {e:#}"),
+                        });
+                    }
+                }
+            }
+        }
+        let generation = self.tables.publish(tables);
+        let gone: Vec<String> = self
+            .attached
+            .keys()
+            .filter(|name| !wanted.iter().any(|(w, _)| w == *name))
+            .cloned()
+            .collect();
+        for ifname in gone {
+            self.detach(&ifname);
+        }
+        tracing::info!(generation, interfaces = self.attached.len(), "state applied");
+        Ok(generation)
+    }
+
+    fn attach(&mut self, ifname: &str, ifindex: u32) -> anyhow::Result<()> {
+        let actual = nix::net::if_::if_nametoindex(ifname)
+            .with_context(|| format!("interface {ifname} from the node state does not exist"))?;
+        if actual != ifindex {
+            bail!("interface {ifname} has ifindex {actual}, but the node state says {ifindex}");
+        }
+        let mut program = PodProgram::attach(ifname, self.xdp_mode)
+            .with_context(|| format!("attach steering program to {ifname}"))?;
+        for (queue, worker) in self.workers.iter().enumerate() {
+            let (reply, answer) = bounded(1);
+            worker
+                .send(PortCommand::Open {
+                    ifname: ifname.to_string(),
+                    ifindex,
+                    queue: queue as u32,
+                    reply,
+                })
+                .context("worker has stopped")?;
+            let fd = answer
+                .recv_timeout(WORKER_REPLY_TIMEOUT)
+                .with_context(|| format!("worker {queue} did not answer for {ifname}"))?
+                .map_err(anyhow::Error::msg)?;
+            program
+                .register_socket(queue as u32, fd)
+                .with_context(|| format!("register worker {queue} socket in {ifname} XSKMAP"))?;
+        }
+        tracing::info!(ifname, ifindex, "interface attached");
+        self.attached.insert(
+            ifname.to_string(),
+            Attached {
+                ifindex,
+                _program: program,
+            },
+        );
+        Ok(())
+    }
+
+    /// Detaches the program first (frames go back to the kernel, which has no
+    /// route for them), then closes the sockets.
+    fn detach(&mut self, ifname: &str) {
+        let Some(attached) = self.attached.remove(ifname) else {
+            return;
+        };
+        let ifindex = attached.ifindex;
+        drop(attached);
+        for worker in &self.workers {
+            let (reply, answer) = bounded(1);
+            if worker.send(PortCommand::Close { ifindex, reply }).is_ok() {
+                let _ = answer.recv_timeout(WORKER_REPLY_TIMEOUT);
+            }
+        }
+        tracing::info!(ifname, "interface detached");
+    }
+}
+
+fn pick_cores(config: &EngineConfig) -> anyhow::Result<Vec<usize>> {
+    let available: Vec<usize> = core_affinity::get_core_ids()
+        .context("list CPU cores")?
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    if !config.cores.is_empty() {
+        if config.cores.len() < config.workers {
+            bail!(
+                "--cores names {} cores for {} workers",
+                config.cores.len(),
+                config.workers
+            );
+        }
+        for core in &config.cores {
+            if !available.contains(core) {
+                bail!("--cores: core {core} is not available (have {available:?})");
+            }
+        }
+        return Ok(config.cores[..config.workers].to_vec());
+    }
+    // Default: the highest-numbered cores, leaving core 0 to the kernel and the control side.
+    Ok((0..config.workers)
+        .map(|w| available[available.len().saturating_sub(1 + w) % available.len()])
+        .collect())
+}
+
+/// Runs the engine until SIGINT or SIGTERM.
+pub fn run(config: EngineConfig) -> anyhow::Result<()> {
+    if config.workers == 0 {
+        bail!("--workers must be at least 1");
+    }
+    let epoch = Instant::now();
+    let initial = read_state(&config.state)?;
+    let tables = TablesHandle::new(initial);
+    let cores = pick_cores(&config)?;
+
+    let xsk_config = XskConfig {
+        frame_count: config.frames,
+        hugepages: !config.no_hugepages,
+        ..XskConfig::default()
+    };
+    let mut ios = Vec::with_capacity(config.workers);
+    for worker in 0..config.workers {
+        ios.push(WorkerIo::new(&xsk_config).with_context(|| format!("worker {worker}: UMEM"))?);
+    }
+    let shared = Arc::new(EngineShared {
+        tables: tables.clone(),
+        counters: (0..config.workers).map(|_| WorkerCounters::default()).collect(),
+        ports: PortBoard::default(),
+        info: EngineInfo {
+            version: env!("CARGO_PKG_VERSION"),
+            pid: std::process::id(),
+            workers: config.workers,
+            cores: cores.clone(),
+            mode: config.mode,
+            xdp_mode: config.xdp_mode,
+            hugepages: ios.iter().map(|io| io.uses_hugepages()).collect(),
+            started: Some(epoch),
+        },
+    });
+
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        ctrlc::set_handler(move || stop.store(true, Ordering::Relaxed))
+            .context("install SIGINT/SIGTERM handler")?;
+    }
+
+    let mut senders = Vec::new();
+    let mut threads: Vec<JoinHandle<()>> = Vec::new();
+    for (id, io) in ios.into_iter().enumerate() {
+        let (tx, rx) = bounded(16);
+        senders.push(tx);
+        let worker = Worker::new(
+            id,
+            io,
+            config.batch,
+            rx,
+            shared.clone(),
+            config.mode,
+            stop.clone(),
+            epoch,
+        )
+        .context("create worker")?;
+        let core = cores[id];
+        threads.push(
+            std::thread::Builder::new()
+                .name(format!("worker-{id}"))
+                .spawn(move || {
+                    if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
+                        tracing::warn!(worker = id, core, "could not pin worker to its core");
+                    }
+                    worker.run();
+                })
+                .context("spawn worker thread")?,
+        );
+    }
+
+    let reconciler = Arc::new(Mutex::new(Reconciler {
+        state_path: config.state.clone(),
+        tables,
+        attached: HashMap::new(),
+        workers: senders,
+        xdp_mode: match config.xdp_mode {
+            XdpAttach::Native => AttachMode::Native,
+            XdpAttach::Skb => AttachMode::Skb,
+        },
+        shared: shared.clone(),
+    }));
+    reconciler
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .apply()?;
+
+    let reload = {
+        let reconciler = reconciler.clone();
+        Box::new(move || {
+            reconciler
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .apply()
+                .map_err(|e| format!("{e:#}"))
+        })
+    };
+    let socket = StatsSocket::serve(&config.stats_socket, shared.clone(), reload)
+        .with_context(|| format!("serve stats socket {}", config.stats_socket.display()))?;
+    tracing::info!(
+        workers = config.workers,
+        cores = ?cores,
+        socket = %config.stats_socket.display(),
+        "engine ready"
+    );
+
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    tracing::info!("stopping");
+    // Detach programs before the sockets go, so no frame is steered to a closed socket.
+    {
+        let mut reconciler = reconciler.lock().unwrap_or_else(|e| e.into_inner());
+        let names: Vec<String> = reconciler.attached.keys().cloned().collect();
+        for name in names {
+            reconciler.detach(&name);
+        }
+    }
+    for thread in threads {
+        let _ = thread.join();
+    }
+    drop(socket);
+    Ok(())
+}

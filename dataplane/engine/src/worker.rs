@@ -1,0 +1,323 @@
+//! One packet worker: owns a UMEM and a socket per interface, pinned to a core.
+//!
+//! Loop: for each socket, take a batch of received frames, run each through
+//! the pipeline against the current table snapshot, queue it for transmit on
+//! the socket of the egress interface (same UMEM, so no copy) or release it;
+//! then flush (tx kick, completions, fill refill) and publish counters.
+//! Every worker can transmit on every interface, so no frame crosses workers.
+
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Receiver;
+use hashbrown::HashMap;
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+use sluice_pipeline::{process, DropReason, Verdict};
+use sluice_xsk::{Frame, PortId, WorkerIo};
+
+use crate::config::WaitMode;
+use crate::counters::LocalCounters;
+use crate::ports::{PortCommand, PortStatus};
+use crate::stats::EngineShared;
+
+/// How long an idle worker sleeps in epoll before it looks at its command
+/// channel again.
+const IDLE_WAIT: Duration = Duration::from_millis(20);
+/// How often kernel-side socket drop counters are folded into the drop counters.
+const KERNEL_STATS_EVERY: Duration = Duration::from_secs(1);
+
+struct Port {
+    id: PortId,
+    ifname: String,
+    ifindex: u32,
+    queue: u32,
+    fd: RawFd,
+    /// Kernel drop count (XDP_STATISTICS rx_dropped + rx_ring_full) already counted.
+    kernel_drops_seen: u64,
+}
+
+pub struct Worker {
+    id: usize,
+    io: WorkerIo,
+    ports: Vec<Port>,
+    /// Egress ifindex -> position in `ports`.
+    by_ifindex: HashMap<u32, usize>,
+    batch: Vec<Frame>,
+    batch_size: usize,
+    local: LocalCounters,
+    commands: Receiver<PortCommand>,
+    shared: Arc<EngineShared>,
+    mode: WaitMode,
+    poll: Poll,
+    events: Events,
+    stop: Arc<AtomicBool>,
+    epoch: Instant,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker").field("id", &self.id).finish_non_exhaustive()
+    }
+}
+
+impl Worker {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        id: usize,
+        io: WorkerIo,
+        batch_size: usize,
+        commands: Receiver<PortCommand>,
+        shared: Arc<EngineShared>,
+        mode: WaitMode,
+        stop: Arc<AtomicBool>,
+        epoch: Instant,
+    ) -> std::io::Result<Worker> {
+        Ok(Worker {
+            id,
+            io,
+            ports: Vec::with_capacity(64),
+            by_ifindex: HashMap::with_capacity(64),
+            batch: Vec::with_capacity(batch_size),
+            batch_size,
+            local: LocalCounters::default(),
+            commands,
+            shared,
+            mode,
+            poll: Poll::new()?,
+            events: Events::with_capacity(64),
+            stop,
+            epoch,
+        })
+    }
+
+    /// Runs until the stop flag is set.
+    pub fn run(mut self) {
+        let mut last_kernel_stats = Instant::now();
+        while !self.stop.load(Ordering::Relaxed) {
+            self.handle_commands();
+            let work = self.poll_once();
+            if last_kernel_stats.elapsed() >= KERNEL_STATS_EVERY {
+                self.fold_kernel_drops();
+                // A deleted interface does not wake epoll; look for it here.
+                if let Err(e) = self.io.check_ports() {
+                    self.io_failed(e);
+                }
+                last_kernel_stats = Instant::now();
+            }
+            if work == 0 {
+                self.local.idle_loops += 1;
+                self.shared.counters[self.id].publish(&mut self.local);
+                self.wait();
+            } else {
+                self.local.busy_loops += 1;
+                self.shared.counters[self.id].publish(&mut self.local);
+            }
+        }
+        self.fold_kernel_drops();
+        self.shared.counters[self.id].publish(&mut self.local);
+    }
+
+    /// One pass over every socket; returns the number of frames received.
+    fn poll_once(&mut self) -> usize {
+        let tables = self.shared.tables.load();
+        let now_ns = self.epoch.elapsed().as_nanos() as u64;
+        let mut received = 0;
+        let mut failed: Option<(usize, String)> = None;
+        for index in 0..self.ports.len() {
+            let (ingress, ingress_ifindex) = (self.ports[index].id, self.ports[index].ifindex);
+            match self
+                .io
+                .receive(ingress, &mut self.batch, self.batch_size)
+            {
+                Ok(n) => received += n,
+                Err(e) => {
+                    failed = Some((index, e.to_string()));
+                    continue;
+                }
+            }
+            let Worker {
+                io,
+                batch,
+                local,
+                by_ifindex,
+                ports,
+                ..
+            } = self;
+            for mut frame in batch.drain(..) {
+                let len = frame.len();
+                local.rx_packets += 1;
+                local.rx_bytes += len as u64;
+                let verdict = process(io.buffer_mut(&mut frame), len, ingress_ifindex, &tables, now_ns);
+                match verdict {
+                    Verdict::Forward { ifindex, len } => {
+                        let Some(egress) = by_ifindex.get(&ifindex).map(|i| ports[*i].id) else {
+                            local.drop(DropReason::TxUnavailable);
+                            io.release(frame);
+                            continue;
+                        };
+                        frame.set_len(len);
+                        match io.transmit(egress, frame) {
+                            Ok(()) => {
+                                local.tx_packets += 1;
+                                local.tx_bytes += len as u64;
+                                if ifindex == ingress_ifindex {
+                                    local.replies += 1;
+                                }
+                            }
+                            Err(frame) => {
+                                local.drop(DropReason::TxUnavailable);
+                                io.release(frame);
+                            }
+                        }
+                    }
+                    Verdict::Drop(reason) => {
+                        local.drop(reason);
+                        io.release(frame);
+                    }
+                }
+            }
+        }
+        if let Err(e) = self.io.flush() {
+            self.io_failed(e);
+        }
+        if let Some((index, cause)) = failed {
+            self.port_failed(index, cause);
+        }
+        received
+    }
+
+    /// Routes an I/O error to the port it names.
+    fn io_failed(&mut self, error: sluice_xsk::XskError) {
+        match error
+            .port()
+            .and_then(|id| self.ports.iter().position(|p| p.id == id))
+        {
+            Some(index) => self.port_failed(index, error.to_string()),
+            None => tracing::warn!(worker = self.id, "AF_XDP: {error}"),
+        }
+    }
+
+    /// An I/O error on one socket (typically its interface vanished): close it,
+    /// show it as down, keep serving the others.
+    fn port_failed(&mut self, index: usize, cause: String) {
+        let port = self.ports.swap_remove(index);
+        tracing::error!(
+            worker = self.id,
+            ifname = %port.ifname,
+            "socket failed, closing it and serving the other interfaces: {cause}"
+        );
+        let _ = self.poll.registry().deregister(&mut SourceFd(&port.fd));
+        self.io.close_port(port.id);
+        self.reindex();
+        self.shared.ports.set(PortStatus {
+            worker: self.id,
+            ifname: port.ifname,
+            ifindex: port.ifindex,
+            queue: port.queue,
+            state: format!("down: {cause}"),
+        });
+    }
+
+    fn reindex(&mut self) {
+        self.by_ifindex.clear();
+        for (i, p) in self.ports.iter().enumerate() {
+            self.by_ifindex.insert(p.ifindex, i);
+        }
+    }
+
+    fn handle_commands(&mut self) {
+        while let Ok(command) = self.commands.try_recv() {
+            match command {
+                PortCommand::Open {
+                    ifname,
+                    ifindex,
+                    queue,
+                    reply,
+                } => {
+                    let result = self.open(&ifname, ifindex, queue);
+                    let _ = reply.send(result);
+                }
+                PortCommand::Close { ifindex, reply } => {
+                    if let Some(index) = self.ports.iter().position(|p| p.ifindex == ifindex) {
+                        let port = self.ports.swap_remove(index);
+                        let _ = self.poll.registry().deregister(&mut SourceFd(&port.fd));
+                        self.io.close_port(port.id);
+                        self.reindex();
+                    }
+                    self.shared.ports.remove(self.id, ifindex);
+                    let _ = reply.send(());
+                }
+            }
+        }
+    }
+
+    fn open(&mut self, ifname: &str, ifindex: u32, queue: u32) -> Result<RawFd, String> {
+        if self.by_ifindex.contains_key(&ifindex) {
+            return Err(format!("worker {} already has a socket on {ifname}", self.id));
+        }
+        let id = self
+            .io
+            .open_port(ifname, queue)
+            .map_err(|e| format!("open AF_XDP socket on {ifname} queue {queue}: {e}"))?;
+        let fd = self.io.port_fd(id);
+        self.poll
+            .registry()
+            .register(&mut SourceFd(&fd), Token(ifindex as usize), Interest::READABLE)
+            .map_err(|e| format!("epoll register {ifname}: {e}"))?;
+        self.ports.push(Port {
+            id,
+            ifname: ifname.to_string(),
+            ifindex,
+            queue,
+            fd,
+            kernel_drops_seen: 0,
+        });
+        self.reindex();
+        self.shared.ports.set(PortStatus {
+            worker: self.id,
+            ifname: ifname.to_string(),
+            ifindex,
+            queue,
+            state: "up".into(),
+        });
+        Ok(fd)
+    }
+
+    /// Frames the kernel dropped before they reached the rx ring (ring full,
+    /// frame larger than a chunk) are counted under their own reason.
+    fn fold_kernel_drops(&mut self) {
+        for port in &mut self.ports {
+            if let Ok(stats) = self.io.port_stats(port.id) {
+                let total = stats.rx_dropped + stats.rx_ring_full + stats.rx_invalid_descs;
+                if total > port.kernel_drops_seen {
+                    self.local
+                        .drops_by(DropReason::RxRingDropped, total - port.kernel_drops_seen);
+                    port.kernel_drops_seen = total;
+                }
+            }
+        }
+    }
+
+    fn wait(&mut self) {
+        match self.mode {
+            WaitMode::Busy => std::hint::spin_loop(),
+            WaitMode::Idle => {
+                if !self.io.wants_poll() {
+                    // Transmits are still in flight; copy-mode TX only moves
+                    // inside sendto, so keep flushing instead of sleeping.
+                    std::thread::yield_now();
+                } else if self.ports.is_empty() {
+                    std::thread::sleep(IDLE_WAIT);
+                } else if let Err(e) = self.poll.poll(&mut self.events, Some(IDLE_WAIT)) {
+                    if e.kind() != std::io::ErrorKind::Interrupted {
+                        tracing::warn!(worker = self.id, "epoll: {e}");
+                        std::thread::sleep(IDLE_WAIT);
+                    }
+                }
+            }
+        }
+    }
+}

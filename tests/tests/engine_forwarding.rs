@@ -1,0 +1,227 @@
+//! The engine forwards between pods, and only the engine does: real ping and
+//! iperf3 in pod namespaces, the real `sluice-engine` in the node namespace.
+
+use std::io::Write;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use serde_json::Value;
+use sluice_lab::command::is_root;
+use sluice_lab::{EngineOptions, Lab, LabSpec};
+
+fn root_or_skip(test: &str) -> bool {
+    if is_root() {
+        return true;
+    }
+    let _ = writeln!(std::io::stderr(), "skipping {test}: lab tests need root");
+    false
+}
+
+fn engine_lab(pods: usize, workers: u32) -> Lab {
+    let lab = Lab::new(LabSpec::engine(pods).with_queues(workers)).expect("lab up");
+    lab.start_engine(&EngineOptions::default())
+        .expect("engine starts (build it with cargo build --release -p sluice-engine)");
+    lab
+}
+
+fn v4(lab: &Lab, pod: usize) -> IpAddr {
+    lab.pod(pod).unwrap().ipv4.into()
+}
+
+fn v6(lab: &Lab, pod: usize) -> IpAddr {
+    lab.pod(pod).unwrap().ipv6.into()
+}
+
+fn total(stats: &Value, field: &str) -> u64 {
+    stats["totals"][field].as_u64().unwrap_or(0)
+}
+
+fn drops(stats: &Value, reason: &str) -> u64 {
+    stats["drops"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == reason)
+        .unwrap_or_else(|| panic!("no drop reason {reason} in {stats}"))["count"]
+        .as_u64()
+        .unwrap()
+}
+
+/// Counters are published once per worker loop; give the worker a moment.
+fn settled_stats(lab: &Lab) -> Value {
+    std::thread::sleep(Duration::from_millis(150));
+    lab.engine_stats().unwrap()
+}
+
+#[test]
+fn pods_ping_and_stream_tcp_over_ipv4_and_ipv6_through_the_engine() {
+    if !root_or_skip("pods_ping_and_stream_tcp_over_ipv4_and_ipv6_through_the_engine") {
+        return;
+    }
+    let lab = engine_lab(3, 1);
+    let before = settled_stats(&lab);
+    for (from, to) in [(1, 2), (2, 3), (3, 1)] {
+        for addr in [v4(&lab, to), v6(&lab, to)] {
+            let r = lab.ping(from, addr, 3).unwrap();
+            assert!(r.all_received(), "pod{from} -> {addr}: {r:?}");
+        }
+    }
+    let after = settled_stats(&lab);
+    // 6 pairs x 3 echo requests and replies, all through the engine.
+    let forwarded = total(&after, "tx_packets") - total(&before, "tx_packets");
+    assert!(forwarded >= 36, "engine transmitted only {forwarded} frames");
+
+    for addr in [v4(&lab, 2), v6(&lab, 2)] {
+        lab.iperf3_server(2).unwrap();
+        let r = lab.iperf3_client(1, addr, 2).unwrap();
+        assert!(
+            r.received_bits_per_second > 10e6,
+            "TCP over {addr}: {r:?}\n{}",
+            lab.engine_log_tail(20)
+        );
+    }
+    let streamed = settled_stats(&lab);
+    assert!(total(&streamed, "rx_bytes") - total(&after, "rx_bytes") > 1_000_000);
+}
+
+#[test]
+fn the_gateway_is_resolved_by_arp_and_neighbour_discovery_from_the_engine() {
+    if !root_or_skip("the_gateway_is_resolved_by_arp_and_neighbour_discovery_from_the_engine") {
+        return;
+    }
+    let lab = engine_lab(2, 1);
+    assert!(lab.ping(1, v4(&lab, 2), 1).unwrap().all_received());
+    assert!(lab.ping(1, v6(&lab, 2), 1).unwrap().all_received());
+    let neigh4 = lab.exec(1, &["ip", "neigh", "show", "10.200.0.1"]).unwrap();
+    assert!(
+        neigh4.stdout.contains("02:53:4c:00:00:01"),
+        "pod1 ARP entry for the gateway: {neigh4:?}"
+    );
+    let neigh6 = lab.exec(1, &["ip", "-6", "neigh", "show", "fe80::1"]).unwrap();
+    assert!(
+        neigh6.stdout.contains("02:53:4c:00:00:01"),
+        "pod1 ND entry for the gateway: {neigh6:?}"
+    );
+    let stats = settled_stats(&lab);
+    assert!(total(&stats, "replies") >= 2, "{stats}");
+}
+
+#[test]
+fn without_the_engine_the_pods_cannot_reach_each_other() {
+    if !root_or_skip("without_the_engine_the_pods_cannot_reach_each_other") {
+        return;
+    }
+    let lab = engine_lab(2, 1);
+    assert!(lab.ping(1, v4(&lab, 2), 2).unwrap().all_received());
+    // No kernel path: the node namespace has no routes and no forwarding.
+    let routes = lab
+        .exec_node(&["ip", "-4", "route", "show"], Duration::from_secs(5))
+        .unwrap();
+    assert_eq!(routes.stdout.trim(), "", "node has IPv4 routes");
+    let routes6 = lab
+        .exec_node(&["ip", "-6", "route", "show"], Duration::from_secs(5))
+        .unwrap();
+    assert!(
+        !routes6.stdout.contains("fd00:200"),
+        "node has pod IPv6 routes: {}",
+        routes6.stdout
+    );
+    lab.stop_engine().unwrap();
+    let r = lab.ping(1, v4(&lab, 2), 2).unwrap();
+    assert_eq!(r.received, 0, "pods reach each other with the engine stopped");
+    let r = lab.ping(1, v6(&lab, 2), 2).unwrap();
+    assert_eq!(r.received, 0, "pods reach each other over IPv6 with the engine stopped");
+    // The steering programs went with the engine.
+    let links = lab
+        .exec_node(&["ip", "-d", "link", "show"], Duration::from_secs(5))
+        .unwrap();
+    assert!(!links.stdout.contains("prog/xdp"), "XDP left after the engine stopped: {}", links.stdout);
+}
+
+#[test]
+fn ttl_expiry_is_answered_with_time_exceeded_from_the_gateway() {
+    if !root_or_skip("ttl_expiry_is_answered_with_time_exceeded_from_the_gateway") {
+        return;
+    }
+    let lab = engine_lab(2, 1);
+    let to4 = v4(&lab, 2).to_string();
+    let out = lab
+        .exec(1, &["ping", "-n", "-c", "1", "-W", "2", "-t", "1", &to4])
+        .unwrap();
+    assert!(
+        out.stdout.contains("From 10.200.0.1") && out.stdout.contains("Time to live exceeded"),
+        "IPv4: {out:?}"
+    );
+    let to6 = v6(&lab, 2).to_string();
+    let out = lab
+        .exec(1, &["ping", "-6", "-n", "-c", "1", "-W", "2", "-t", "1", &to6])
+        .unwrap();
+    assert!(
+        out.stdout.contains("From fe80::1") && out.stdout.contains("Time exceeded"),
+        "IPv6: {out:?}"
+    );
+    let stats = settled_stats(&lab);
+    assert!(total(&stats, "replies") >= 2, "{stats}");
+}
+
+#[test]
+fn spoofed_sources_are_dropped_and_counted_by_reason() {
+    if !root_or_skip("spoofed_sources_are_dropped_and_counted_by_reason") {
+        return;
+    }
+    let lab = engine_lab(3, 1);
+    let to = v4(&lab, 2).to_string();
+    // A second address the engine does not know: the pod's kernel sends from it.
+    lab.exec(1, &["ip", "addr", "add", "10.200.0.99/32", "dev", "eth0"])
+        .unwrap();
+    let out = lab
+        .exec(1, &["ping", "-n", "-c", "3", "-W", "1", "-I", "10.200.0.99", &to])
+        .unwrap();
+    assert!(out.stdout.contains(" 0 received"), "spoofed IP got through: {out:?}");
+    let stats = settled_stats(&lab);
+    assert!(drops(&stats, "spoofed_source_ip") >= 3, "{}", stats["drops"]);
+
+    // A MAC the engine does not know for pod 3.
+    lab.exec(3, &["ip", "link", "set", "eth0", "address", "02:aa:bb:cc:dd:ee"])
+        .unwrap();
+    let r = lab.ping(3, v4(&lab, 2), 3).unwrap();
+    assert_eq!(r.received, 0, "spoofed MAC got through: {r:?}");
+    let stats = settled_stats(&lab);
+    assert!(drops(&stats, "spoofed_source_mac") >= 3, "{}", stats["drops"]);
+    // The honest pods still talk.
+    assert!(lab.ping(1, v4(&lab, 2), 2).unwrap().all_received());
+}
+
+#[test]
+fn an_interface_that_vanishes_is_reported_and_the_others_keep_forwarding() {
+    if !root_or_skip("an_interface_that_vanishes_is_reported_and_the_others_keep_forwarding") {
+        return;
+    }
+    let lab = engine_lab(3, 1);
+    assert!(lab.ping(1, v4(&lab, 3), 1).unwrap().all_received());
+    lab.exec_node(&["ip", "link", "del", "lxc3"], Duration::from_secs(5))
+        .unwrap();
+    // Traffic toward the vanished pod makes the engine try to use the socket.
+    let _ = lab.ping(1, v4(&lab, 3), 2);
+    assert!(lab.ping(1, v4(&lab, 2), 3).unwrap().all_received());
+    assert!(lab.ping(2, v6(&lab, 1), 3).unwrap().all_received());
+    assert!(lab.engine_pid().is_some());
+}
+
+#[test]
+fn two_workers_forward_with_a_socket_per_worker_per_interface() {
+    if !root_or_skip("two_workers_forward_with_a_socket_per_worker_per_interface") {
+        return;
+    }
+    let lab = engine_lab(2, 2);
+    for addr in [v4(&lab, 2), v6(&lab, 2)] {
+        assert!(lab.ping(1, addr, 3).unwrap().all_received(), "{addr}");
+    }
+    lab.iperf3_server(2).unwrap();
+    let r = lab.iperf3_client(1, v4(&lab, 2), 2).unwrap();
+    assert!(r.received_bits_per_second > 10e6, "{r:?}");
+    let stats = settled_stats(&lab);
+    let ports = stats["ports"].as_array().unwrap();
+    assert_eq!(ports.len(), 4, "2 workers x 2 interfaces: {ports:?}");
+    assert!(ports.iter().all(|p| p["state"] == "up"), "{ports:?}");
+}
