@@ -69,7 +69,10 @@ fn pods_ping_and_stream_tcp_over_ipv4_and_ipv6_through_the_engine() {
     let after = settled_stats(&lab);
     // 6 pairs x 3 echo requests and replies, all through the engine.
     let forwarded = total(&after, "tx_packets") - total(&before, "tx_packets");
-    assert!(forwarded >= 36, "engine transmitted only {forwarded} frames");
+    assert!(
+        forwarded >= 36,
+        "engine transmitted only {forwarded} frames"
+    );
 
     for addr in [v4(&lab, 2), v6(&lab, 2)] {
         lab.iperf3_server(2).unwrap();
@@ -97,7 +100,9 @@ fn the_gateway_is_resolved_by_arp_and_neighbour_discovery_from_the_engine() {
         neigh4.stdout.contains("02:53:4c:00:00:01"),
         "pod1 ARP entry for the gateway: {neigh4:?}"
     );
-    let neigh6 = lab.exec(1, &["ip", "-6", "neigh", "show", "fe80::1"]).unwrap();
+    let neigh6 = lab
+        .exec(1, &["ip", "-6", "neigh", "show", "fe80::1"])
+        .unwrap();
     assert!(
         neigh6.stdout.contains("02:53:4c:00:00:01"),
         "pod1 ND entry for the gateway: {neigh6:?}"
@@ -128,14 +133,24 @@ fn without_the_engine_the_pods_cannot_reach_each_other() {
     );
     lab.stop_engine().unwrap();
     let r = lab.ping(1, v4(&lab, 2), 2).unwrap();
-    assert_eq!(r.received, 0, "pods reach each other with the engine stopped");
+    assert_eq!(
+        r.received, 0,
+        "pods reach each other with the engine stopped"
+    );
     let r = lab.ping(1, v6(&lab, 2), 2).unwrap();
-    assert_eq!(r.received, 0, "pods reach each other over IPv6 with the engine stopped");
+    assert_eq!(
+        r.received, 0,
+        "pods reach each other over IPv6 with the engine stopped"
+    );
     // The steering programs went with the engine.
     let links = lab
         .exec_node(&["ip", "-d", "link", "show"], Duration::from_secs(5))
         .unwrap();
-    assert!(!links.stdout.contains("prog/xdp"), "XDP left after the engine stopped: {}", links.stdout);
+    assert!(
+        !links.stdout.contains("prog/xdp"),
+        "XDP left after the engine stopped: {}",
+        links.stdout
+    );
 }
 
 #[test]
@@ -154,7 +169,10 @@ fn ttl_expiry_is_answered_with_time_exceeded_from_the_gateway() {
     );
     let to6 = v6(&lab, 2).to_string();
     let out = lab
-        .exec(1, &["ping", "-6", "-n", "-c", "1", "-W", "2", "-t", "1", &to6])
+        .exec(
+            1,
+            &["ping", "-6", "-n", "-c", "1", "-W", "2", "-t", "1", &to6],
+        )
         .unwrap();
     assert!(
         out.stdout.contains("From fe80::1") && out.stdout.contains("Time exceeded"),
@@ -175,19 +193,36 @@ fn spoofed_sources_are_dropped_and_counted_by_reason() {
     lab.exec(1, &["ip", "addr", "add", "10.200.0.99/32", "dev", "eth0"])
         .unwrap();
     let out = lab
-        .exec(1, &["ping", "-n", "-c", "3", "-W", "1", "-I", "10.200.0.99", &to])
+        .exec(
+            1,
+            &["ping", "-n", "-c", "3", "-W", "1", "-I", "10.200.0.99", &to],
+        )
         .unwrap();
-    assert!(out.stdout.contains(" 0 received"), "spoofed IP got through: {out:?}");
+    assert!(
+        out.stdout.contains(" 0 received"),
+        "spoofed IP got through: {out:?}"
+    );
     let stats = settled_stats(&lab);
-    assert!(drops(&stats, "spoofed_source_ip") >= 3, "{}", stats["drops"]);
+    assert!(
+        drops(&stats, "spoofed_source_ip") >= 3,
+        "{}",
+        stats["drops"]
+    );
 
     // A MAC the engine does not know for pod 3.
-    lab.exec(3, &["ip", "link", "set", "eth0", "address", "02:aa:bb:cc:dd:ee"])
-        .unwrap();
+    lab.exec(
+        3,
+        &["ip", "link", "set", "eth0", "address", "02:aa:bb:cc:dd:ee"],
+    )
+    .unwrap();
     let r = lab.ping(3, v4(&lab, 2), 3).unwrap();
     assert_eq!(r.received, 0, "spoofed MAC got through: {r:?}");
     let stats = settled_stats(&lab);
-    assert!(drops(&stats, "spoofed_source_mac") >= 3, "{}", stats["drops"]);
+    assert!(
+        drops(&stats, "spoofed_source_mac") >= 3,
+        "{}",
+        stats["drops"]
+    );
     // The honest pods still talk.
     assert!(lab.ping(1, v4(&lab, 2), 2).unwrap().all_received());
 }
@@ -206,6 +241,23 @@ fn an_interface_that_vanishes_is_reported_and_the_others_keep_forwarding() {
     assert!(lab.ping(1, v4(&lab, 2), 3).unwrap().all_received());
     assert!(lab.ping(2, v6(&lab, 1), 3).unwrap().all_received());
     assert!(lab.engine_pid().is_some());
+    // Workers look for vanished interfaces at least once a second.
+    std::thread::sleep(Duration::from_millis(1200));
+    let stats = lab.engine_stats().unwrap();
+    let ports = stats["ports"].as_array().unwrap();
+    let lxc3 = ports
+        .iter()
+        .find(|p| p["ifname"] == "lxc3")
+        .unwrap_or_else(|| panic!("lxc3 missing from {ports:?}"));
+    let state = lxc3["state"].as_str().unwrap();
+    assert!(
+        state.starts_with("down: ") && state.contains("lxc3"),
+        "lxc3 shown as {state:?}"
+    );
+    assert!(ports
+        .iter()
+        .filter(|p| p["ifname"] != "lxc3")
+        .all(|p| p["state"] == "up"));
 }
 
 #[test]
