@@ -14,7 +14,11 @@ use serde_json::Value;
 #[command(name = "sluice", about = "Sluice dataplane command line")]
 struct Cli {
     /// The engine's stats socket.
-    #[arg(long, env = "SLUICE_ENGINE_SOCKET", default_value = "/run/sluice/engine.sock")]
+    #[arg(
+        long,
+        env = "SLUICE_ENGINE_SOCKET",
+        default_value = "/run/sluice/engine.sock"
+    )]
     engine_socket: PathBuf,
     #[command(subcommand)]
     command: Command,
@@ -105,10 +109,19 @@ fn print_stats(report: &Value) {
             .sum();
         println!(
             "{:<8} {:>12} {:>14} {:>12} {:>14} {:>10} {:>10}",
-            w["worker"], w["rx_packets"], w["rx_bytes"], w["tx_packets"], w["tx_bytes"], w["replies"], drops
+            w["worker"],
+            w["rx_packets"],
+            w["rx_bytes"],
+            w["tx_packets"],
+            w["tx_bytes"],
+            w["replies"],
+            drops
         );
     }
-    println!("\n{:<16} {:>7} {:>6} {:>6}  STATE", "INTERFACE", "IFINDEX", "WORKER", "QUEUE");
+    println!(
+        "\n{:<16} {:>7} {:>6} {:>6}  STATE",
+        "INTERFACE", "IFINDEX", "WORKER", "QUEUE"
+    );
     for p in report["ports"].as_array().into_iter().flatten() {
         println!(
             "{:<16} {:>7} {:>6} {:>6}  {}",
@@ -143,7 +156,10 @@ fn main() -> anyhow::Result<()> {
         Command::Reload => {
             let answer = ask(&cli.engine_socket, "reload")?;
             if answer["ok"] != Value::Bool(true) {
-                bail!("reload refused: {}", answer["error"].as_str().unwrap_or("?"));
+                bail!(
+                    "reload refused: {}",
+                    answer["error"].as_str().unwrap_or("?")
+                );
             }
             println!("state applied, generation {}", answer["generation"]);
         }

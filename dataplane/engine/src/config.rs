@@ -25,7 +25,10 @@ pub enum XdpAttach {
 }
 
 #[derive(Clone, Debug, Parser)]
-#[command(name = "sluice-engine", about = "Sluice packet engine: AF_XDP workers on pinned cores")]
+#[command(
+    name = "sluice-engine",
+    about = "Sluice packet engine: AF_XDP workers on pinned cores"
+)]
 pub struct EngineConfig {
     /// Node state (gateway and endpoints) as JSON; re-read on `reload`.
     #[arg(long)]

@@ -94,7 +94,11 @@ impl Reconciler {
         for ifname in gone {
             self.detach(&ifname);
         }
-        tracing::info!(generation, interfaces = self.attached.len(), "state applied");
+        tracing::info!(
+            generation,
+            interfaces = self.attached.len(),
+            "state applied"
+        );
         Ok(generation)
     }
 
@@ -201,7 +205,9 @@ pub fn run(config: EngineConfig) -> anyhow::Result<()> {
     }
     let shared = Arc::new(EngineShared {
         tables: tables.clone(),
-        counters: (0..config.workers).map(|_| WorkerCounters::default()).collect(),
+        counters: (0..config.workers)
+            .map(|_| WorkerCounters::default())
+            .collect(),
         ports: PortBoard::default(),
         info: EngineInfo {
             version: env!("CARGO_PKG_VERSION"),

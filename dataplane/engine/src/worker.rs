@@ -59,7 +59,9 @@ pub struct Worker {
 
 impl std::fmt::Debug for Worker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Worker").field("id", &self.id).finish_non_exhaustive()
+        f.debug_struct("Worker")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -128,10 +130,7 @@ impl Worker {
         let mut failed: Option<(usize, String)> = None;
         for index in 0..self.ports.len() {
             let (ingress, ingress_ifindex) = (self.ports[index].id, self.ports[index].ifindex);
-            match self
-                .io
-                .receive(ingress, &mut self.batch, self.batch_size)
-            {
+            match self.io.receive(ingress, &mut self.batch, self.batch_size) {
                 Ok(n) => received += n,
                 Err(e) => {
                     failed = Some((index, e.to_string()));
@@ -150,7 +149,13 @@ impl Worker {
                 let len = frame.len();
                 local.rx_packets += 1;
                 local.rx_bytes += len as u64;
-                let verdict = process(io.buffer_mut(&mut frame), len, ingress_ifindex, &tables, now_ns);
+                let verdict = process(
+                    io.buffer_mut(&mut frame),
+                    len,
+                    ingress_ifindex,
+                    &tables,
+                    now_ns,
+                );
                 match verdict {
                     Verdict::Forward { ifindex, len } => {
                         let Some(egress) = by_ifindex.get(&ifindex).map(|i| ports[*i].id) else {
@@ -256,7 +261,10 @@ impl Worker {
 
     fn open(&mut self, ifname: &str, ifindex: u32, queue: u32) -> Result<RawFd, String> {
         if self.by_ifindex.contains_key(&ifindex) {
-            return Err(format!("worker {} already has a socket on {ifname}", self.id));
+            return Err(format!(
+                "worker {} already has a socket on {ifname}",
+                self.id
+            ));
         }
         let id = self
             .io
@@ -265,7 +273,11 @@ impl Worker {
         let fd = self.io.port_fd(id);
         self.poll
             .registry()
-            .register(&mut SourceFd(&fd), Token(ifindex as usize), Interest::READABLE)
+            .register(
+                &mut SourceFd(&fd),
+                Token(ifindex as usize),
+                Interest::READABLE,
+            )
             .map_err(|e| format!("epoll register {ifname}: {e}"))?;
         self.ports.push(Port {
             id,

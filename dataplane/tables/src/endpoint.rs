@@ -204,16 +204,22 @@ mod tests {
 
     #[test]
     fn duplicate_address_is_refused_with_both_names() {
-        let err = EndpointTable::build(vec![ep("a", 5, "10.0.0.2"), ep("b", 6, "10.0.0.2")])
-            .unwrap_err();
-        assert_eq!(err.to_string(), "endpoint b: address 10.0.0.2 is already owned by endpoint a");
+        let err =
+            EndpointTable::build(vec![ep("a", 5, "10.0.0.2"), ep("b", 6, "10.0.0.2")]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "endpoint b: address 10.0.0.2 is already owned by endpoint a"
+        );
     }
 
     #[test]
     fn duplicate_interface_is_refused() {
-        let err = EndpointTable::build(vec![ep("a", 5, "10.0.0.2"), ep("b", 5, "10.0.0.3")])
-            .unwrap_err();
-        assert!(matches!(err, EndpointError::DuplicateInterface { ifindex: 5, .. }));
+        let err =
+            EndpointTable::build(vec![ep("a", 5, "10.0.0.2"), ep("b", 5, "10.0.0.3")]).unwrap_err();
+        assert!(matches!(
+            err,
+            EndpointError::DuplicateInterface { ifindex: 5, .. }
+        ));
     }
 
     #[test]
@@ -223,7 +229,9 @@ mod tests {
         let back: Endpoint = serde_json::from_str(&json).unwrap();
         assert_eq!(back, ep("a", 5, "10.0.0.2"));
         let bad = json.replace("02:00:00:00:00:05", "02:00");
-        let err = serde_json::from_str::<Endpoint>(&bad).unwrap_err().to_string();
+        let err = serde_json::from_str::<Endpoint>(&bad)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("invalid MAC address \"02:00\""), "{err}");
     }
 
