@@ -24,6 +24,12 @@ fn engine_lab(pods: usize, workers: u32) -> Lab {
     lab
 }
 
+/// The `sluice` CLI built beside the engine.
+fn sluice_cli() -> std::path::PathBuf {
+    let engine = sluice_lab::find_engine().expect("engine binary");
+    engine.with_file_name("sluice")
+}
+
 fn v4(lab: &Lab, pod: usize) -> IpAddr {
     lab.pod(pod).unwrap().ipv4.into()
 }
