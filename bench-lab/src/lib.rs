@@ -10,8 +10,9 @@
 //! Forwarding between pods is either sluice-engine (the node kernel has no
 //! addresses, routes or forwarding: without the engine the pods are isolated) or
 //! the node kernel (the baseline). See [`names`] for the naming scheme that
-//! [`cleanup`] relies on.
+//! [`cleanup`] relies on. [`bench`] holds the throughput comparisons (`sluice-lab bench`).
 
+pub mod bench;
 pub mod cleanup;
 pub mod command;
 mod engine;

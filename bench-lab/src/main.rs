@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+use sluice_lab::bench::forward::{self, ForwardConfig, Variant};
 use sluice_lab::{
     cleanup, teardown_all, CleanupScope, EngineOptions, Forwarding, Lab, LabSpec, PingResult,
 };
@@ -64,6 +65,11 @@ enum Cmd {
         #[arg(long)]
         seconds: Option<u64>,
     },
+    /// Throughput comparisons (each builds its own labs and tears them down).
+    Bench {
+        #[command(subcommand)]
+        bench: BenchCmd,
+    },
     /// Remove leftover labs: namespaces named `sl<pid>x<n>-*` and their run dirs.
     Cleanup {
         /// Also remove labs whose creating process still runs.
@@ -77,6 +83,47 @@ enum Cmd {
         #[arg(long, default_value_t = 1)]
         pods: usize,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum BenchCmd {
+    /// Pod-to-pod UDP packets per second: the node kernel, an XDP devmap redirect and
+    /// sluice-engine (one worker), trials interleaved in one run. Prints a Markdown table.
+    Forward(ForwardArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct ForwardArgs {
+    /// Rounds; each runs every variant once (K D E K D E ...).
+    #[arg(long, default_value_t = 5)]
+    trials: u32,
+    /// Measured window of each trial.
+    #[arg(long, default_value_t = 5)]
+    seconds: u32,
+    /// Traffic before the window starts.
+    #[arg(long, default_value_t = 1.0)]
+    warmup: f64,
+    /// Frame size in bytes including the 4-byte FCS (64: 60 bytes on the veth).
+    #[arg(long, default_value_t = 64)]
+    size: usize,
+    /// UDP flows (distinct source ports).
+    #[arg(long, default_value_t = 1)]
+    flows: u32,
+    /// Variants to run, comma separated: kernel, devmap, engine.
+    #[arg(long, value_delimiter = ',', default_value = "kernel,devmap,engine")]
+    variants: Vec<Variant>,
+    /// Write every trial and the summary as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Engine binary (default: $SLUICE_ENGINE, else next to this binary).
+    #[arg(long)]
+    engine: Option<PathBuf>,
+    /// Core of the engine's worker (trafgen runs on CPU 0).
+    #[arg(long, default_value_t = 1)]
+    engine_core: usize,
+    /// Extra argument for the engine (repeatable).
+    #[arg(long = "engine-arg", allow_hyphen_values = true)]
+    engine_args: Vec<String>,
 }
 
 fn main() {
@@ -100,6 +147,9 @@ fn main() {
             no_engine,
             seconds,
         } => up(&lab, no_engine, seconds),
+        Cmd::Bench {
+            bench: BenchCmd::Forward(args),
+        } => bench_forward(args),
         Cmd::Cleanup { all } => clean(all),
         Cmd::Leak { pods } => leak(pods),
     };
@@ -250,6 +300,35 @@ fn up(args: &LabArgs, no_engine: bool, seconds: Option<u64>) -> Result<()> {
     }
     lab.teardown()?;
     println!("lab {} removed", lab.prefix());
+    Ok(())
+}
+
+fn bench_forward(args: ForwardArgs) -> Result<()> {
+    let config = ForwardConfig {
+        trials: args.trials,
+        seconds: args.seconds,
+        warmup_seconds: args.warmup,
+        size: args.size,
+        flows: args.flows,
+        variants: args.variants,
+        engine: args.engine,
+        engine_core: args.engine_core,
+        engine_args: args.engine_args,
+    };
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    let report = forward::run(&config, command)?;
+    forward::print_report(&report);
+    if let Some(path) = &args.json {
+        let text = serde_json::to_string_pretty(&report)?;
+        std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
+        println!("JSON written to {}", path.display());
+    }
+    if report.trials.is_empty() {
+        bail!("no trial succeeded");
+    }
+    if !report.failed.is_empty() {
+        bail!("{} trial(s) failed", report.failed.len());
+    }
     Ok(())
 }
 
