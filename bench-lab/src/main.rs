@@ -253,14 +253,7 @@ fn demo(args: &LabArgs, count: u32, seconds: u32) -> Result<()> {
         }
     }
     if lab.engine_pid().is_some() {
-        println!("\nengine counters:");
-        match lab.engine_stats() {
-            Ok(stats) => println!("{}", serde_json::to_string_pretty(&stats)?),
-            Err(err) => {
-                failures += 1;
-                println!("  error: {err:#}");
-            }
-        }
+        failures += print_engine_counters(&lab);
     }
     lab.teardown()?;
     println!("\nlab {} removed", lab.prefix());
@@ -268,6 +261,42 @@ fn demo(args: &LabArgs, count: u32, seconds: u32) -> Result<()> {
         bail!("{failures} check(s) failed");
     }
     Ok(())
+}
+
+/// Shows the engine's counters the way a user reads them: with the `sluice`
+/// CLI built beside the engine (`sluice stats`, `sluice drops`). Returns the
+/// number of failures.
+fn print_engine_counters(lab: &Lab) -> usize {
+    let cli = match sluice_lab::find_engine() {
+        Ok(engine) => engine.with_file_name("sluice"),
+        Err(err) => {
+            println!("  error: {err:#}");
+            return 1;
+        }
+    };
+    let mut failures = 0;
+    for (title, command) in [("engine counters", "stats"), ("drops by reason", "drops")] {
+        println!("\n{title} (sluice {command}):");
+        let out = std::process::Command::new(&cli)
+            .arg("--engine-socket")
+            .arg(lab.stats_socket())
+            .arg(command)
+            .output();
+        match out {
+            Ok(out) if out.status.success() => {
+                print!("{}", String::from_utf8_lossy(&out.stdout));
+            }
+            Ok(out) => {
+                failures += 1;
+                println!("  error: {}", String::from_utf8_lossy(&out.stderr).trim());
+            }
+            Err(err) => {
+                failures += 1;
+                println!("  error: run {}: {err}", cli.display());
+            }
+        }
+    }
+    failures
 }
 
 fn describe_ping(r: &PingResult) -> String {

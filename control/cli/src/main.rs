@@ -72,7 +72,7 @@ fn print_drops(report: &Value, all: bool) {
         }
         print!(
             "{:>3}  {:<24} {:>12}",
-            row["number"],
+            row["number"].to_string(),
             row["name"].as_str().unwrap_or("?"),
             count
         );
@@ -109,12 +109,12 @@ fn print_stats(report: &Value) {
             .sum();
         println!(
             "{:<8} {:>12} {:>14} {:>12} {:>14} {:>10} {:>10}",
-            w["worker"],
-            w["rx_packets"],
-            w["rx_bytes"],
-            w["tx_packets"],
-            w["tx_bytes"],
-            w["replies"],
+            w["worker"].to_string(),
+            w["rx_packets"].to_string(),
+            w["rx_bytes"].to_string(),
+            w["tx_packets"].to_string(),
+            w["tx_bytes"].to_string(),
+            w["replies"].to_string(),
             drops
         );
     }
@@ -126,9 +126,9 @@ fn print_stats(report: &Value) {
         println!(
             "{:<16} {:>7} {:>6} {:>6}  {}",
             p["ifname"].as_str().unwrap_or("?"),
-            p["ifindex"],
-            p["worker"],
-            p["queue"],
+            p["ifindex"].to_string(),
+            p["worker"].to_string(),
+            p["queue"].to_string(),
             p["state"].as_str().unwrap_or("?")
         );
     }
