@@ -26,6 +26,9 @@ use crate::stats::EngineShared;
 /// How long an idle worker sleeps in epoll before it looks at its command
 /// channel again.
 const IDLE_WAIT: Duration = Duration::from_millis(20);
+/// A worker that keeps finding frames still publishes counters and reads its
+/// command channel after this many loops.
+const HOUSEKEEPING_EVERY_LOOPS: u32 = 64;
 /// How often kernel-side socket drop counters are folded into the drop counters.
 const KERNEL_STATS_EVERY: Duration = Duration::from_secs(1);
 
@@ -97,25 +100,32 @@ impl Worker {
 
     /// Runs until the stop flag is set.
     pub fn run(mut self) {
-        let mut last_kernel_stats = Instant::now();
+        let mut last_housekeeping = Instant::now();
+        let mut loops: u32 = 0;
         while !self.stop.load(Ordering::Relaxed) {
-            self.handle_commands();
             let work = self.poll_once();
-            if last_kernel_stats.elapsed() >= KERNEL_STATS_EVERY {
-                self.fold_kernel_drops();
-                // A deleted interface does not wake epoll; look for it here.
-                if let Err(e) = self.io.check_ports() {
-                    self.io_failed(e);
-                }
-                last_kernel_stats = Instant::now();
-            }
+            loops = loops.wrapping_add(1);
             if work == 0 {
                 self.local.idle_loops += 1;
-                self.shared.counters[self.id].publish(&mut self.local);
-                self.wait();
             } else {
                 self.local.busy_loops += 1;
+            }
+            // Housekeeping (commands, counters, kernel stats) is not per loop:
+            // a busy worker spends its time on frames, not on clocks and channels.
+            if work == 0 || loops % HOUSEKEEPING_EVERY_LOOPS == 0 {
                 self.shared.counters[self.id].publish(&mut self.local);
+                self.handle_commands();
+                if last_housekeeping.elapsed() >= KERNEL_STATS_EVERY {
+                    self.fold_kernel_drops();
+                    // A deleted interface does not wake epoll; look for it here.
+                    if let Err(e) = self.io.check_ports() {
+                        self.io_failed(e);
+                    }
+                    last_housekeeping = Instant::now();
+                }
+            }
+            if work == 0 {
+                self.wait();
             }
         }
         self.fold_kernel_drops();
@@ -125,7 +135,8 @@ impl Worker {
     /// One pass over every socket; returns the number of frames received.
     fn poll_once(&mut self) -> usize {
         let tables = self.shared.tables.load();
-        let now_ns = self.epoch.elapsed().as_nanos() as u64;
+        // Read the clock once per pass, and only when there are frames.
+        let mut now_ns: Option<u64> = None;
         let mut received = 0;
         let mut failed: Option<(usize, String)> = None;
         for index in 0..self.ports.len() {
@@ -137,6 +148,10 @@ impl Worker {
                     continue;
                 }
             }
+            if self.batch.is_empty() {
+                continue;
+            }
+            let now_ns = *now_ns.get_or_insert_with(|| self.epoch.elapsed().as_nanos() as u64);
             let Worker {
                 io,
                 batch,
