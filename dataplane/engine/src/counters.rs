@@ -133,8 +133,10 @@ mod tests {
     #[test]
     fn publish_accumulates_and_resets_local() {
         let shared = WorkerCounters::default();
-        let mut local = LocalCounters::default();
-        local.rx_packets = 3;
+        let mut local = LocalCounters {
+            rx_packets: 3,
+            ..LocalCounters::default()
+        };
         local.drop(DropReason::NoRoute);
         shared.publish(&mut local);
         assert_eq!(local.rx_packets, 0);
