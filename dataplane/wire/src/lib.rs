@@ -126,33 +126,53 @@ pub enum ParseError {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct BufferTooSmall;
 
+// Field accessors. Each takes the field as one subslice, so a field costs one
+// bounds check (usually folded away after inlining) and one load or store, not
+// a check and a byte move per byte. They are `#[inline]` because they are
+// called from every view, across codegen units and from the pipeline crate.
+
+/// The `N` bytes at `at`; callers have checked the bounds (a panic otherwise).
+#[inline]
+fn field<const N: usize>(b: &[u8], at: usize) -> [u8; N] {
+    match b[at..at + N].try_into() {
+        Ok(bytes) => bytes,
+        // `b[at..at + N]` has exactly N bytes.
+        Err(_) => unreachable!(),
+    }
+}
+
 /// Reads a big-endian u16; callers have checked the bounds.
+#[inline]
 pub(crate) fn be16(b: &[u8], at: usize) -> u16 {
-    u16::from_be_bytes([b[at], b[at + 1]])
+    u16::from_be_bytes(field(b, at))
 }
 
+#[inline]
 pub(crate) fn be32(b: &[u8], at: usize) -> u32 {
-    u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+    u32::from_be_bytes(field(b, at))
 }
 
+#[inline]
 pub(crate) fn put16(b: &mut [u8], at: usize, v: u16) {
     b[at..at + 2].copy_from_slice(&v.to_be_bytes());
 }
 
+#[inline]
 pub(crate) fn put32(b: &mut [u8], at: usize, v: u32) {
     b[at..at + 4].copy_from_slice(&v.to_be_bytes());
 }
 
+#[inline]
 pub(crate) fn arr4(b: &[u8], at: usize) -> [u8; 4] {
-    [b[at], b[at + 1], b[at + 2], b[at + 3]]
+    field(b, at)
 }
 
+#[inline]
 pub(crate) fn arr6(b: &[u8], at: usize) -> [u8; 6] {
-    [b[at], b[at + 1], b[at + 2], b[at + 3], b[at + 4], b[at + 5]]
+    field(b, at)
 }
 
+#[inline]
 pub(crate) fn arr16(b: &[u8], at: usize) -> [u8; 16] {
-    let mut out = [0u8; 16];
-    out.copy_from_slice(&b[at..at + 16]);
-    out
+    field(b, at)
 }
