@@ -229,6 +229,24 @@ fn spoofed_sources_are_dropped_and_counted_by_reason() {
         "{}",
         stats["drops"]
     );
+
+    // People read the same counters with `sluice drops`.
+    let cli = sluice_cli();
+    let out = std::process::Command::new(&cli)
+        .arg("--engine-socket")
+        .arg(lab.stats_socket())
+        .arg("drops")
+        .output()
+        .unwrap_or_else(|e| panic!("run {}: {e}", cli.display()));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    for (number, name) in [(10, "spoofed_source_ip"), (9, "spoofed_source_mac")] {
+        let line = text
+            .lines()
+            .find(|l| l.contains(name))
+            .unwrap_or_else(|| panic!("{name} missing from sluice drops:\n{text}"));
+        assert!(line.trim_start().starts_with(&number.to_string()), "{line}");
+    }
     // The honest pods still talk.
     assert!(lab.ping(1, v4(&lab, 2), 2).unwrap().all_received());
 }

@@ -112,7 +112,7 @@ impl Worker {
             }
             // Housekeeping (commands, counters, kernel stats) is not per loop:
             // a busy worker spends its time on frames, not on clocks and channels.
-            if work == 0 || loops % HOUSEKEEPING_EVERY_LOOPS == 0 {
+            if work == 0 || loops.is_multiple_of(HOUSEKEEPING_EVERY_LOOPS) {
                 self.shared.counters[self.id].publish(&mut self.local);
                 self.handle_commands();
                 if last_housekeeping.elapsed() >= KERNEL_STATS_EVERY {
