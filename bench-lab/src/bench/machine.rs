@@ -125,9 +125,11 @@ impl CpuTimes {
 /// utime + stime clock ticks of every thread of process `pid` (/proc/<pid>/task/*/stat).
 pub fn process_ticks(pid: u32) -> Option<u64> {
     let mut total = 0;
-    for task in fs::read_dir(format!("/proc/{pid}/task")).ok()? {
-        let stat = fs::read_to_string(task.ok()?.path().join("stat")).ok()?;
-        total += stat_ticks(&stat)?;
+    for task in fs::read_dir(format!("/proc/{pid}/task")).ok()?.flatten() {
+        // A thread may exit between listing and reading; it no longer counts.
+        if let Ok(stat) = fs::read_to_string(task.path().join("stat")) {
+            total += stat_ticks(&stat)?;
+        }
     }
     Some(total)
 }
