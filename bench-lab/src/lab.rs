@@ -58,6 +58,9 @@ pub struct LabSpec {
     /// `ethtool -K eth0 tx off` in every pod. XDP on a veth turns off TSO on its
     /// peer and TCP checksums can then arrive unfilled at the engine.
     pub pod_tx_checksum_off: bool,
+    /// MTU of every pod's eth0 and its node-side veth (and of the engine's node
+    /// state). XDP on a veth allows at most 3506 without multi-buffer programs.
+    pub mtu: u32,
 }
 
 impl LabSpec {
@@ -68,6 +71,7 @@ impl LabSpec {
             queues: 1,
             mode: Forwarding::Engine,
             pod_tx_checksum_off: true,
+            mtu: sluice_tables::DEFAULT_MTU,
         }
     }
 
@@ -78,11 +82,17 @@ impl LabSpec {
             queues: 1,
             mode: Forwarding::Kernel,
             pod_tx_checksum_off: false,
+            mtu: sluice_tables::DEFAULT_MTU,
         }
     }
 
     pub fn with_queues(mut self, queues: u32) -> LabSpec {
         self.queues = queues;
+        self
+    }
+
+    pub fn with_mtu(mut self, mtu: u32) -> LabSpec {
+        self.mtu = mtu;
         self
     }
 }
@@ -257,6 +267,11 @@ impl Lab {
             "a veth has 1 to {MAX_QUEUES} queues, not {}",
             spec.queues
         );
+        ensure!(
+            (68..=9000).contains(&spec.mtu),
+            "a pod MTU is 68 to 9000, not {}",
+            spec.mtu
+        );
         ensure!(command::is_root(), "the lab needs root (namespaces, veths)");
         let prefix = names::next_prefix();
         let run_dir = names::run_dir(&prefix);
@@ -367,6 +382,9 @@ impl Lab {
         // Pod side.
         sysctl(&netns, &[("net.ipv6.conf.eth0.accept_dad", "0")])?;
         ip_in(&netns, &["link", "set", "lo", "up"])?;
+        let mtu = self.spec.mtu.to_string();
+        ip_in(node, &["link", "set", &lxc, "mtu", &mtu])?;
+        ip_in(&netns, &["link", "set", "eth0", "mtu", &mtu])?;
         ip_in(&netns, &["link", "set", "eth0", "up"])?;
         let addr4 = format!("{ipv4}/32");
         let addr6 = format!("{ipv6}/128");
@@ -467,6 +485,7 @@ impl Lab {
                     identity: 0,
                 })
                 .collect(),
+            mtu: self.spec.mtu,
         }
     }
 

@@ -38,6 +38,9 @@ struct LabArgs {
     /// Extra argument for the engine (repeatable).
     #[arg(long = "engine-arg", allow_hyphen_values = true)]
     engine_args: Vec<String>,
+    /// MTU of the pod interfaces (XDP on veth allows up to 3506).
+    #[arg(long, default_value_t = 1500)]
+    mtu: u32,
 }
 
 #[derive(Subcommand, Debug)]
@@ -164,7 +167,8 @@ fn build(args: &LabArgs) -> Result<Lab> {
         Forwarding::Engine => LabSpec::engine(args.pods),
         Forwarding::Kernel => LabSpec::kernel(args.pods),
     }
-    .with_queues(args.workers);
+    .with_queues(args.workers)
+    .with_mtu(args.mtu);
     let lab = Lab::new(spec)?;
     println!(
         "lab {}: {} pods, {:?} forwarding, {} queue(s) per veth, node namespace {}",

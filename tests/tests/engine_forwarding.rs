@@ -301,3 +301,29 @@ fn two_workers_forward_with_a_socket_per_worker_per_interface() {
     assert_eq!(ports.len(), 4, "2 workers x 2 interfaces: {ports:?}");
     assert!(ports.iter().all(|p| p["state"] == "up"), "{ports:?}");
 }
+
+#[test]
+fn jumbo_frames_pass_when_the_node_state_allows_them() {
+    if !root_or_skip("jumbo_frames_pass_when_the_node_state_allows_them") {
+        return;
+    }
+    // 3500 is close to the most XDP on a veth allows without multi-buffer.
+    let lab = Lab::new(LabSpec::engine(2).with_mtu(3500)).expect("lab up");
+    lab.start_engine(&EngineOptions::default())
+        .expect("engine starts");
+    let to = v4(&lab, 2).to_string();
+    let out = lab
+        .exec(
+            1,
+            &[
+                "ping", "-n", "-c", "2", "-W", "2", "-M", "do", "-s", "3400", &to,
+            ],
+        )
+        .unwrap();
+    assert!(
+        out.stdout.contains(" 2 received"),
+        "3428-byte packets: {out:?}"
+    );
+    let stats = settled_stats(&lab);
+    assert_eq!(drops(&stats, "frame_too_large"), 0, "{}", stats["drops"]);
+}

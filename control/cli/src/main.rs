@@ -119,16 +119,20 @@ fn print_stats(report: &Value) {
         );
     }
     println!(
-        "\n{:<16} {:>7} {:>6} {:>6}  STATE",
-        "INTERFACE", "IFINDEX", "WORKER", "QUEUE"
+        "\n{:<16} {:>7} {:>6} {:>6} {:>12} {:>12} {:>12}  STATE",
+        "INTERFACE", "IFINDEX", "WORKER", "QUEUE", "RX_RING_FULL", "FILL_EMPTY", "K_RX_DROP"
     );
     for p in report["ports"].as_array().into_iter().flatten() {
+        let kernel = &p["kernel"];
         println!(
-            "{:<16} {:>7} {:>6} {:>6}  {}",
+            "{:<16} {:>7} {:>6} {:>6} {:>12} {:>12} {:>12}  {}",
             p["ifname"].as_str().unwrap_or("?"),
             p["ifindex"].to_string(),
             p["worker"].to_string(),
             p["queue"].to_string(),
+            kernel["rx_ring_full"].to_string(),
+            kernel["fill_ring_empty"].to_string(),
+            kernel["rx_dropped"].to_string(),
             p["state"].as_str().unwrap_or("?")
         );
     }

@@ -46,9 +46,13 @@ pub struct EngineConfig {
     pub mode: WaitMode,
     #[arg(long, value_enum, default_value_t = XdpAttach::Native)]
     pub xdp_mode: XdpAttach,
-    /// UMEM frames per worker (shared by all of the worker's sockets).
-    #[arg(long, default_value_t = 4096)]
+    /// UMEM frames per worker (shared by all of the worker's sockets); must
+    /// cover every socket's fill ring plus the frames in flight.
+    #[arg(long, default_value_t = 8192)]
     pub frames: u32,
+    /// Entries in each socket's rx, tx, fill and completion rings (a power of two).
+    #[arg(long, default_value_t = 2048)]
+    pub ring_size: u32,
     /// Do not try 2 MiB hugepages for the UMEM.
     #[arg(long)]
     pub no_hugepages: bool,

@@ -79,6 +79,7 @@ impl Reconciler {
                             ifindex: *ifindex,
                             queue: worker as u32,
                             state: format!("down: {e:#}"),
+                            kernel: Default::default(),
                         });
                     }
                 }
@@ -196,9 +197,14 @@ pub fn run(config: EngineConfig) -> anyhow::Result<()> {
 
     let xsk_config = XskConfig {
         frame_count: config.frames,
+        rx_ring: config.ring_size,
+        tx_ring: config.ring_size,
+        fill_ring: config.ring_size,
+        comp_ring: config.ring_size,
         hugepages: !config.no_hugepages,
         ..XskConfig::default()
     };
+    xsk_config.validate().context("--frames / --ring-size")?;
     let mut ios = Vec::with_capacity(config.workers);
     for worker in 0..config.workers {
         ios.push(WorkerIo::new(&xsk_config).with_context(|| format!("worker {worker}: UMEM"))?);

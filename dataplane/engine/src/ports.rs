@@ -32,6 +32,21 @@ pub struct PortStatus {
     pub queue: u32,
     /// `up`, or `down: <cause>` after an I/O error (e.g. the interface vanished).
     pub state: String,
+    /// The kernel's counters for this socket (XDP_STATISTICS), read once a second.
+    pub kernel: KernelSocketStats,
+}
+
+/// Frames the kernel could not hand to the socket, by cause.
+#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct KernelSocketStats {
+    /// The rx ring was full: the worker did not keep up.
+    pub rx_ring_full: u64,
+    /// No frame was available in the fill ring (counted per event).
+    pub fill_ring_empty: u64,
+    /// Dropped for other reasons (e.g. frame larger than a UMEM chunk, or no fill frame).
+    pub rx_dropped: u64,
+    pub rx_invalid_descs: u64,
+    pub tx_invalid_descs: u64,
 }
 
 /// Port states shared between workers and the stats socket; touched only when
@@ -50,6 +65,17 @@ impl PortBoard {
         {
             Some(p) => *p = status,
             None => ports.push(status),
+        }
+    }
+
+    /// Records the kernel counters of a socket that is on the board.
+    pub fn set_kernel_stats(&self, worker: usize, ifindex: u32, kernel: KernelSocketStats) {
+        let mut ports = self.ports.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(p) = ports
+            .iter_mut()
+            .find(|p| p.worker == worker && p.ifindex == ifindex)
+        {
+            p.kernel = kernel;
         }
     }
 

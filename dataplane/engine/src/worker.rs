@@ -20,7 +20,7 @@ use sluice_xsk::{Frame, PortId, WorkerIo};
 
 use crate::config::WaitMode;
 use crate::counters::LocalCounters;
-use crate::ports::{PortCommand, PortStatus};
+use crate::ports::{KernelSocketStats, PortCommand, PortStatus};
 use crate::stats::EngineShared;
 
 /// How long an idle worker sleeps in epoll before it looks at its command
@@ -238,6 +238,7 @@ impl Worker {
             ifindex: port.ifindex,
             queue: port.queue,
             state: format!("down: {cause}"),
+            kernel: KernelSocketStats::default(),
         });
     }
 
@@ -309,6 +310,7 @@ impl Worker {
             ifindex,
             queue,
             state: "up".into(),
+            kernel: KernelSocketStats::default(),
         });
         Ok(fd)
     }
@@ -318,6 +320,17 @@ impl Worker {
     fn fold_kernel_drops(&mut self) {
         for port in &mut self.ports {
             if let Ok(stats) = self.io.port_stats(port.id) {
+                self.shared.ports.set_kernel_stats(
+                    self.id,
+                    port.ifindex,
+                    KernelSocketStats {
+                        rx_ring_full: stats.rx_ring_full,
+                        fill_ring_empty: stats.rx_fill_ring_empty_descs,
+                        rx_dropped: stats.rx_dropped,
+                        rx_invalid_descs: stats.rx_invalid_descs,
+                        tx_invalid_descs: stats.tx_invalid_descs,
+                    },
+                );
                 let total = stats.rx_dropped + stats.rx_ring_full + stats.rx_invalid_descs;
                 if total > port.kernel_drops_seen {
                     self.local

@@ -121,6 +121,7 @@ pub fn tables() -> Tables {
             endpoint("default/c", POD_C, false),
         ])
         .unwrap_or_default(),
+        mtu: sluice_tables::DEFAULT_MTU,
     }
 }
 

@@ -5,9 +5,12 @@ use sluice_wire::{ParseError, Parsed, L3};
 
 use crate::{arp, ipv4, ipv6, DropReason, Verdict};
 
-/// Longest frame accepted: a 1500-byte MTU plus the Ethernet header, with 4
-/// bytes of slack for one 802.1Q tag (which is then refused as an ethertype).
-pub const MAX_FRAME_LEN: usize = 1514 + 4;
+/// Bytes a frame may carry beyond the IP MTU: the Ethernet header, plus 4 bytes
+/// of slack for one 802.1Q tag (which is then refused as an ethertype).
+pub const FRAME_OVERHEAD: usize = 14 + 4;
+
+/// Longest frame accepted at the default 1500-byte MTU.
+pub const MAX_FRAME_LEN: usize = 1500 + FRAME_OVERHEAD;
 
 /// What every later stage needs to know about where the frame came from.
 #[derive(Clone, Copy, Debug)]
@@ -27,7 +30,9 @@ pub(crate) fn run(
     ifindex: u32,
     tables: &Tables,
 ) -> Result<Verdict, DropReason> {
-    if len > frame.len() || len > MAX_FRAME_LEN {
+    // The node state's MTU decides (pods may use jumbo frames up to what a
+    // UMEM chunk holds); the chunk itself is the hard limit.
+    if len > frame.len() || len > tables.mtu as usize + FRAME_OVERHEAD {
         return Err(DropReason::FrameTooLarge);
     }
     let endpoint = tables

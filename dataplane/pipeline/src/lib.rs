@@ -28,7 +28,7 @@ mod verdict;
 #[cfg(any(test, feature = "fixtures"))]
 pub mod fixtures;
 
-pub use ingress::MAX_FRAME_LEN;
+pub use ingress::{FRAME_OVERHEAD, MAX_FRAME_LEN};
 pub use verdict::{DropReason, Verdict};
 
 use sluice_tables::Tables;

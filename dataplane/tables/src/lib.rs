@@ -7,4 +7,4 @@ mod endpoint;
 mod snapshot;
 
 pub use endpoint::{Endpoint, EndpointError, EndpointId, EndpointTable, Gateway, MacAddr};
-pub use snapshot::{NodeState, Tables, TablesHandle};
+pub use snapshot::{NodeState, Tables, TablesHandle, DEFAULT_MTU};

@@ -19,6 +19,17 @@ use crate::{Endpoint, EndpointError, EndpointTable, Gateway};
 pub struct NodeState {
     pub gateway: Gateway,
     pub endpoints: Vec<Endpoint>,
+    /// IP MTU of the pod interfaces; frames longer than this plus the Ethernet
+    /// header are dropped as too large. 1500 when absent.
+    #[serde(default = "default_mtu")]
+    pub mtu: u32,
+}
+
+/// The MTU a node state gets when it names none.
+pub const DEFAULT_MTU: u32 = 1500;
+
+fn default_mtu() -> u32 {
+    DEFAULT_MTU
 }
 
 /// Everything the per-packet pipeline reads, as one immutable value.
@@ -28,6 +39,8 @@ pub struct Tables {
     pub generation: u64,
     pub gateway: Gateway,
     pub endpoints: EndpointTable,
+    /// IP MTU of the pod interfaces.
+    pub mtu: u32,
 }
 
 impl Tables {
@@ -37,6 +50,7 @@ impl Tables {
             generation: 0,
             gateway: state.gateway,
             endpoints: EndpointTable::build(state.endpoints)?,
+            mtu: state.mtu,
         })
     }
 }
@@ -82,6 +96,7 @@ mod tests {
                 ipv6: "fe80::1".parse().unwrap(),
             },
             endpoints: EndpointTable::default(),
+            mtu: DEFAULT_MTU,
         }
     }
 
