@@ -5,6 +5,12 @@
 //! Both measure the same cases, taken from the pipeline fixtures
 //! (`sluice_pipeline::fixtures`) so that what is timed is also what the unit
 //! tests check.
+//!
+//! [`pktgen`] is the pure part of `sluice-pktgen` (`src/bin/sluice-pktgen.rs`), the
+//! AF_XDP packet generator and sinks of the namespace lab: frame templates, flows,
+//! pacing, the JSON reports and loss.
+
+pub mod pktgen;
 
 use core::net::Ipv4Addr;
 

@@ -12,11 +12,15 @@
 //! - **engine** (V2): an engine-mode lab with sluice-engine, one busy-polling worker pinned to
 //!   its own core; frames addressed to the gateway MAC.
 //!
-//! In every variant trafgen (netsniff-ng) sends from pod 1's eth0 on CPU 0, and an XDP_DROP
-//! program ([`Sink`]) on pod 2's eth0 counts what arrives. A trial runs trafgen for
-//! `warmup + seconds + 1` s under `timeout -s INT`, and measures over the `seconds` window in
-//! the middle: frames counted by the sink (delivered), frames pod 1's eth0 sent or dropped
-//! (offered), whole-machine CPU busy time from /proc/stat, and the engine's own counters.
+//! In every variant a generator sends from pod 1's eth0 on CPU 0, and an XDP_DROP program
+//! ([`Sink`]) on pod 2's eth0 counts what arrives. The generator ([`Generator`],
+//! `--generator`) is `sluice-pktgen tx` (AF_XDP, `perf/`; the default: it offers about 1.3x
+//! what trafgen does on the 2-core VM, see docs/benchmarks.md "Packet generators") or trafgen
+//! (netsniff-ng). A trial runs it for `warmup + seconds + 1` s (trafgen under
+//! `timeout -s INT`, sluice-pktgen with `--duration` and `timeout` as a backstop), and
+//! measures over the `seconds` window in the middle: frames counted by the sink (delivered),
+//! frames pod 1's eth0 sent or dropped (offered), whole-machine CPU busy time from
+//! /proc/stat, and the engine's own counters.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -35,9 +39,13 @@ use super::machine::{loadavg, loadavg_1min, process_ticks, ticks_per_second, Cpu
 use crate::command::{ip, run_ok, SETUP_TIMEOUT};
 use crate::{EngineOptions, Lab, LabSpec, GATEWAY_MAC};
 
-/// The CPU trafgen runs on (`taskset -c 0`; trafgen with `--cpus 1` also binds its one
-/// process to CPU 0).
+/// The CPU the generator runs on (`taskset -c 0`; trafgen with `--cpus 1` also binds its
+/// one process to CPU 0, sluice-pktgen gets `--cpu 0`).
 pub const TRAFGEN_CPU: usize = 0;
+/// The AF_XDP generator's binary (package sluice-perf).
+pub const PKTGEN_BIN: &str = "sluice-pktgen";
+/// Names the sluice-pktgen binary, overriding the search next to this executable.
+pub const PKTGEN_ENV: &str = "SLUICE_PKTGEN";
 /// Bytes of Ethernet, IPv4 and UDP headers in a generated frame.
 const HEADERS: usize = 14 + 20 + 8;
 /// Bytes of the Ethernet FCS, counted in `--size` (RFC 2544 frame sizes) but not on a veth.
@@ -95,6 +103,71 @@ impl FromStr for Variant {
     }
 }
 
+/// Who sends the frames from pod 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Generator {
+    /// netsniff-ng's trafgen (PACKET_TX_RING).
+    Trafgen,
+    /// `sluice-pktgen tx` (AF_XDP, copy mode on the veth; no XDP program on pod 1's eth0).
+    Afxdp,
+}
+
+impl Generator {
+    pub fn name(self) -> &'static str {
+        match self {
+            Generator::Trafgen => "trafgen",
+            Generator::Afxdp => "afxdp",
+        }
+    }
+}
+
+impl fmt::Display for Generator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Generator {
+    type Err = anyhow::Error;
+    fn from_str(text: &str) -> Result<Generator> {
+        match text.trim() {
+            "trafgen" => Ok(Generator::Trafgen),
+            "afxdp" | "sluice-pktgen" => Ok(Generator::Afxdp),
+            other => bail!("unknown generator {other:?} (trafgen or afxdp)"),
+        }
+    }
+}
+
+/// The sluice-pktgen binary: `$SLUICE_PKTGEN`, else next to this executable (or one
+/// directory up, for test binaries in `target/*/deps`).
+pub fn find_pktgen() -> Result<PathBuf> {
+    if let Some(path) = std::env::var_os(PKTGEN_ENV) {
+        let path = PathBuf::from(path);
+        ensure!(
+            path.is_file(),
+            "${PKTGEN_ENV} names {}, which is not a file",
+            path.display()
+        );
+        return Ok(path);
+    }
+    let exe = std::env::current_exe().context("finding the current executable")?;
+    let mut tried = Vec::new();
+    for dir in exe.ancestors().skip(1).take(2) {
+        let candidate = dir.join(PKTGEN_BIN);
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+        tried.push(candidate.display().to_string());
+    }
+    bail!(
+        "no {PKTGEN_BIN} binary found (tried {}); build it with \
+         `cargo build --release -p sluice-perf --bin sluice-pktgen`, set ${PKTGEN_ENV}, \
+         or use --generator trafgen",
+        tried.join(", ")
+    )
+}
+
 /// What to run.
 #[derive(Debug, Clone, Serialize)]
 pub struct ForwardConfig {
@@ -115,6 +188,10 @@ pub struct ForwardConfig {
     pub engine_core: usize,
     /// Appended to the engine's command line.
     pub engine_args: Vec<String>,
+    /// Who sends from pod 1.
+    pub generator: Generator,
+    /// sluice-pktgen binary; `None` means [`find_pktgen`].
+    pub pktgen: Option<PathBuf>,
 }
 
 impl Default for ForwardConfig {
@@ -129,6 +206,8 @@ impl Default for ForwardConfig {
             engine: None,
             engine_core: 1,
             engine_args: Vec::new(),
+            generator: Generator::Afxdp,
+            pktgen: None,
         }
     }
 }
@@ -196,6 +275,34 @@ pub fn trafgen_config(
         config.size,
         config.flows,
     )
+}
+
+/// `sluice-pktgen tx` arguments for one variant: the frames of [`trafgen_config`] (flow `i`
+/// has source port 10000 + i), at the maximum rate, for `seconds`, on [`TRAFGEN_CPU`].
+pub fn pktgen_args(
+    config: &ForwardConfig,
+    dst_mac: MacAddr,
+    src_mac: MacAddr,
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    seconds: f64,
+) -> Vec<String> {
+    let sport = if config.flows > 1 {
+        format!("{FIRST_PORT}-{}", FIRST_PORT + config.flows - 1)
+    } else {
+        FIRST_PORT.to_string()
+    };
+    #[rustfmt::skip]
+    let args = [
+        "tx", "--dev", "eth0",
+        "--src-mac", &src_mac.to_string(), "--dst-mac", &dst_mac.to_string(),
+        "--src-ip", &src.to_string(), "--dst-ip", &dst.to_string(),
+        "--src-port", &sport, "--dst-port", &DST_PORT.to_string(),
+        "--size", &config.size.to_string(), "--flows", &config.flows.to_string(),
+        "--rate", "max", "--duration", &format!("{seconds:.1}"),
+        "--cpu", &TRAFGEN_CPU.to_string(), "--json",
+    ];
+    args.iter().map(|a| a.to_string()).collect()
 }
 
 /// What trafgen printed on exit.
@@ -302,10 +409,14 @@ pub struct Trial {
     pub round: u32,
     pub lab: String,
     pub window_seconds: f64,
-    /// trafgen's own count over its whole run, and its rate.
+    pub generator: Generator,
+    /// trafgen's own count over its whole run and its running time (trafgen only).
     pub trafgen_packets: Option<u64>,
     pub trafgen_seconds: Option<f64>,
+    /// The generator's own rate over its whole run (either generator).
     pub offered_pps: Option<f64>,
+    /// sluice-pktgen's JSON report (afxdp only): sent frames, pps, kernel counters.
+    pub pktgen: Option<serde_json::Value>,
     /// Frames pod 1's eth0 sent plus those it dropped (peer ring full), over the window.
     pub offered_window_packets: u64,
     pub offered_window_pps: f64,
@@ -657,32 +768,62 @@ fn measure(config: &ForwardConfig, variant: Variant, round: u32, lab: &Lab) -> R
         _devmap: devmap,
     };
 
-    let conf_path = lab
-        .run_dir()
-        .join(format!("trafgen-{}-r{round}.cfg", variant.name()));
-    fs::write(
-        &conf_path,
-        trafgen_config(config, dst_mac, from.mac, from.ipv4, to.ipv4),
-    )
-    .with_context(|| format!("writing {}", conf_path.display()))?;
-    let conf = conf_path.display().to_string();
     let run_for = format!("{:.1}", config.trafgen_seconds());
     let cpu = TRAFGEN_CPU.to_string();
-    let log = format!("trafgen-{}-r{round}", variant.name());
-    #[rustfmt::skip]
-    let args = [
-        "timeout", "-s", "INT", "-k", "3", &run_for,
-        "taskset", "-c", &cpu,
-        "trafgen", "--dev", "eth0", "--conf", &conf, "--cpus", "1",
-        "--no-sock-mem", "--notouch-irq",
-    ];
+    let generator = config.generator;
+    let log = format!("{generator}-{}-r{round}", variant.name());
+    let args: Vec<String> = match generator {
+        Generator::Trafgen => {
+            let conf_path = lab
+                .run_dir()
+                .join(format!("trafgen-{}-r{round}.cfg", variant.name()));
+            fs::write(
+                &conf_path,
+                trafgen_config(config, dst_mac, from.mac, from.ipv4, to.ipv4),
+            )
+            .with_context(|| format!("writing {}", conf_path.display()))?;
+            let conf = conf_path.display().to_string();
+            #[rustfmt::skip]
+            let args = [
+                "timeout", "-s", "INT", "-k", "3", &run_for,
+                "taskset", "-c", &cpu,
+                "trafgen", "--dev", "eth0", "--conf", &conf, "--cpus", "1",
+                "--no-sock-mem", "--notouch-irq",
+            ];
+            args.iter().map(|a| a.to_string()).collect()
+        }
+        Generator::Afxdp => {
+            let binary = match &config.pktgen {
+                Some(path) => path.clone(),
+                None => find_pktgen()?,
+            };
+            // sluice-pktgen stops by itself after --duration; timeout is the backstop.
+            let backstop = format!("{:.1}", config.trafgen_seconds() + 4.0);
+            #[rustfmt::skip]
+            let mut args: Vec<String> = [
+                "timeout", "-s", "INT", "-k", "3", &backstop,
+                "taskset", "-c", &cpu,
+            ].iter().map(|a| a.to_string()).collect();
+            args.push(binary.display().to_string());
+            args.extend(pktgen_args(
+                config,
+                dst_mac,
+                from.mac,
+                from.ipv4,
+                to.ipv4,
+                config.trafgen_seconds(),
+            ));
+            args
+        }
+    };
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let pid = lab.spawn(FROM_POD, &log, &args)?;
     let started = Instant::now();
 
     std::thread::sleep(Duration::from_secs_f64(config.warmup_seconds));
     ensure!(
         lab.process_running(pid)?,
-        "trafgen exited during the warm-up\n{}",
+        "{generator} exited during the warm-up\n{}",
         lab.log_tail(&log, 10)
     );
     let a = snapshot(lab, &attached, engine)?;
@@ -691,7 +832,7 @@ fn measure(config: &ForwardConfig, variant: Variant, round: u32, lab: &Lab) -> R
     let b = snapshot(lab, &attached, engine)?;
     ensure!(
         lab.process_running(pid)?,
-        "trafgen exited before the measured window ended\n{}",
+        "{generator} exited before the measured window ended\n{}",
         lab.log_tail(&log, 10)
     );
     let bound = Duration::from_secs_f64(config.trafgen_seconds() + 6.0);
@@ -700,12 +841,18 @@ fn measure(config: &ForwardConfig, variant: Variant, round: u32, lab: &Lab) -> R
         .is_none()
     {
         lab.stop_process(pid)?;
-        bail!("trafgen did not stop within {bound:?}");
+        bail!("{generator} did not stop within {bound:?}");
     }
     drop(attached);
 
     let stdout = fs::read_to_string(lab.log_path(&log, "stdout")).unwrap_or_default();
-    let trafgen = parse_trafgen(&stdout);
+    let (trafgen, pktgen) = match generator {
+        Generator::Trafgen => (parse_trafgen(&stdout), None),
+        Generator::Afxdp => (
+            None,
+            serde_json::from_str::<serde_json::Value>(&stdout).ok(),
+        ),
+    };
     let window = b.at.duration_since(a.at).as_secs_f64();
     let delivered = b.sink.0.wrapping_sub(a.sink.0);
     let delivered_bytes = b.sink.1.wrapping_sub(a.sink.1);
@@ -733,9 +880,14 @@ fn measure(config: &ForwardConfig, variant: Variant, round: u32, lab: &Lab) -> R
         round,
         lab: lab.prefix().to_string(),
         window_seconds: window,
+        generator,
         trafgen_packets: trafgen.map(|t| t.packets),
         trafgen_seconds: trafgen.and_then(|t| t.seconds),
-        offered_pps: trafgen.and_then(|t| Some(t.packets as f64 / t.seconds.filter(|s| *s > 0.0)?)),
+        offered_pps: match &pktgen {
+            Some(report) => report["pps"].as_f64(),
+            None => trafgen.and_then(|t| Some(t.packets as f64 / t.seconds.filter(|s| *s > 0.0)?)),
+        },
+        pktgen,
         offered_window_packets: offered,
         offered_window_pps: offered as f64 / window,
         eth0_tx_dropped: tx_dropped,
@@ -757,10 +909,12 @@ fn measure(config: &ForwardConfig, variant: Variant, round: u32, lab: &Lab) -> R
 
 fn describe_trial(t: &Trial) -> String {
     let mut line = format!(
-        "delivered {} Mpps, offered {} Mpps (trafgen {}), loss {:.1}%, CPU {:.2} s busy = {} s/Mpkt",
+        "delivered {} Mpps, offered {} Mpps ({} {}), loss {:.1}%, CPU {:.2} s busy = {} s/Mpkt",
         mpps(t.delivered_pps),
         mpps(t.offered_window_pps),
-        t.offered_pps.map_or_else(|| "n/a".to_string(), |p| format!("{} Mpps", mpps(p))),
+        t.generator,
+        t.offered_pps
+            .map_or_else(|| "n/a".to_string(), |p| format!("{} Mpps", mpps(p))),
         t.loss * 100.0,
         t.cpu_busy_total,
         t.cpu_seconds_per_mpkt
@@ -788,18 +942,26 @@ fn describe_trial(t: &Trial) -> String {
 /// report (also when some trials failed).
 pub fn run(config: &ForwardConfig, command: String) -> Result<Report> {
     config.validate()?;
-    which("trafgen")?;
+    match config.generator {
+        Generator::Trafgen => which("trafgen")?,
+        Generator::Afxdp => {
+            if config.pktgen.is_none() {
+                find_pktgen()?;
+            }
+        }
+    }
     if config.variants.contains(&Variant::Engine) && config.engine.is_none() {
         crate::find_engine()?;
     }
     let mut machine = Machine::probe();
     let runs = config.trials as usize * config.variants.len();
     println!(
-        "bench forward: {} B frames ({} B on the veth), {} flow(s), {} round(s) of [{}], \
+        "bench forward: {} B frames ({} B on the veth), {} flow(s) from {}, {} round(s) of [{}], \
          {} s windows after {} s warm-up; at most {:.0} s in all",
         config.size,
         config.frame_bytes(),
         config.flows,
+        config.generator,
         config.trials,
         config
             .variants
@@ -842,9 +1004,13 @@ pub fn run(config: &ForwardConfig, command: String) -> Result<Report> {
     }
     machine.loadavg_end = Some(loadavg());
     let summary = summarize(&config.variants, &trials, &failed);
+    let generator = match config.generator {
+        Generator::Trafgen => "trafgen on CPU 0 (taskset, --cpus 1)",
+        Generator::Afxdp => "sluice-pktgen tx on CPU 0 (taskset, --cpu 0)",
+    };
     let pinning = format!(
-        "trafgen on CPU {TRAFGEN_CPU} (taskset, --cpus 1); engine worker on core {} (--cores {} \
-         --mode busy --workers 1); kernel softirq work runs where the sending CPU raises it",
+        "{generator}; engine worker on core {} (--cores {} --mode busy --workers 1); kernel \
+         softirq work runs where the sending CPU raises it",
         config.engine_core, config.engine_core
     );
     Ok(Report {
@@ -867,9 +1033,10 @@ pub fn run(config: &ForwardConfig, command: String) -> Result<Report> {
 /// Prints the table and the engine's drops, for pasting into docs/benchmarks.md.
 pub fn print_report(report: &Report) {
     println!(
-        "\n{} B UDP frames, {} flow(s), {} trial(s) x {} s; load average {} at start, {} at end\n",
+        "\n{} B UDP frames, {} flow(s) from {}, {} trial(s) x {} s; load average {} at start, {} at end\n",
         report.config.size,
         report.config.flows,
+        report.config.generator,
         report.config.trials,
         report.config.seconds,
         report.machine.loadavg_start,
@@ -970,6 +1137,32 @@ mod tests {
     }
 
     #[test]
+    fn pktgen_args_match_the_trafgen_frames() {
+        let config = ForwardConfig {
+            flows: 4,
+            ..ForwardConfig::default()
+        };
+        let args = pktgen_args(
+            &config,
+            GATEWAY_MAC,
+            MacAddr([2, 0, 0, 0, 0, 0x11]),
+            Ipv4Addr::new(10, 200, 0, 11),
+            Ipv4Addr::new(10, 200, 0, 12),
+            7.0,
+        )
+        .join(" ");
+        assert_eq!(
+            args,
+            "tx --dev eth0 --src-mac 02:00:00:00:00:11 --dst-mac 02:53:4c:00:00:01 \
+             --src-ip 10.200.0.11 --dst-ip 10.200.0.12 --src-port 10000-10003 --dst-port 9 \
+             --size 64 --flows 4 --rate max --duration 7.0 --cpu 0 --json"
+        );
+        assert_eq!("afxdp".parse::<Generator>().unwrap(), Generator::Afxdp);
+        assert_eq!("trafgen".parse::<Generator>().unwrap(), Generator::Trafgen);
+        assert!("pktgen".parse::<Generator>().is_err());
+    }
+
+    #[test]
     fn variants_parse() {
         assert_eq!("devmap".parse::<Variant>().unwrap(), Variant::Devmap);
         assert!("xdp".parse::<Variant>().is_err());
@@ -1003,9 +1196,11 @@ mod tests {
             round: 1,
             lab: String::new(),
             window_seconds: 1.0,
+            generator: Generator::Afxdp,
             trafgen_packets: None,
             trafgen_seconds: None,
             offered_pps: None,
+            pktgen: None,
             offered_window_packets: 0,
             offered_window_pps: 2.0 * pps,
             eth0_tx_dropped: 0,
