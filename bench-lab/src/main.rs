@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use sluice_lab::bench::forward::{self, ForwardConfig, Variant};
+use sluice_lab::bench::forward::{self, ForwardConfig, Generator, Variant};
+use sluice_lab::bench::rules::Loader;
+use sluice_lab::bench::scenarios::{self, ScenariosConfig};
 use sluice_lab::{
     cleanup, teardown_all, CleanupScope, EngineOptions, Forwarding, Lab, LabSpec, PingResult,
 };
@@ -93,6 +95,63 @@ enum BenchCmd {
     /// Pod-to-pod UDP packets per second: the node kernel, an XDP devmap redirect and
     /// sluice-engine (one worker), trials interleaved in one run. Prints a Markdown table.
     Forward(ForwardArgs),
+    /// Scenarios beyond 64-byte UDP: 1500-byte UDP, one TCP stream, TCP request/response
+    /// latency, new TCP connections per second, over the kernel (with conntrack, with
+    /// kube-proxy-shaped iptables/nftables services), XDP devmap and the engine (1 or 2
+    /// workers); trials interleaved per scenario. Prints a Markdown table per scenario.
+    Scenarios(ScenariosArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct ScenariosArgs {
+    /// Rounds; each runs every variant of a scenario once.
+    #[arg(long, default_value_t = 3)]
+    trials: u32,
+    /// Measured window (UDP) or client run time (TCP).
+    #[arg(long, default_value_t = 5)]
+    seconds: u32,
+    /// UDP traffic before the window starts.
+    #[arg(long, default_value_t = 1.0)]
+    warmup: f64,
+    /// UDP flows (distinct source ports), same in every variant.
+    #[arg(long, default_value_t = 16)]
+    flows: u32,
+    /// Concurrent connect/close loops of the connection-rate client.
+    #[arg(long, default_value_t = 4)]
+    crr_parallel: usize,
+    /// Scenarios, comma separated: udp64, udp1500, tcp-stream, tcp-rr, tcp-crr.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "udp64,udp1500,tcp-stream,tcp-rr,tcp-crr"
+    )]
+    scenarios: Vec<scenarios::Scenario>,
+    /// Variants, comma separated: kernel, kernel-ct, devmap, engine, engine2, ipt-1k,
+    /// ipt-10k, nft-1k, nft-10k (each runs only in the scenarios it applies to).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "kernel,kernel-ct,devmap,engine,engine2,ipt-1k,ipt-10k,nft-1k,nft-10k"
+    )]
+    variants: Vec<scenarios::Variant>,
+    /// iptables flavour of V3: nft (iptables-nft-restore) or legacy (iptables-legacy-restore).
+    #[arg(long, default_value = "nft")]
+    iptables: String,
+    /// Smoke run: 1 trial of 2 s (0.5 s UDP warm-up).
+    #[arg(long)]
+    quick: bool,
+    /// Write every trial and the summary as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Engine binary (default: $SLUICE_ENGINE, else next to this binary).
+    #[arg(long)]
+    engine: Option<PathBuf>,
+    /// sluice-connrate binary (default: $SLUICE_CONNRATE, else next to this binary).
+    #[arg(long)]
+    connrate: Option<PathBuf>,
+    /// Extra argument for the engine (repeatable).
+    #[arg(long = "engine-arg", allow_hyphen_values = true)]
+    engine_args: Vec<String>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -121,12 +180,18 @@ struct ForwardArgs {
     /// Engine binary (default: $SLUICE_ENGINE, else next to this binary).
     #[arg(long)]
     engine: Option<PathBuf>,
-    /// Core of the engine's worker (trafgen runs on CPU 0).
+    /// Core of the engine's worker (the generator runs on CPU 0).
     #[arg(long, default_value_t = 1)]
     engine_core: usize,
     /// Extra argument for the engine (repeatable).
     #[arg(long = "engine-arg", allow_hyphen_values = true)]
     engine_args: Vec<String>,
+    /// Who sends from pod 1: afxdp (sluice-pktgen tx) or trafgen.
+    #[arg(long, default_value = "afxdp")]
+    generator: Generator,
+    /// sluice-pktgen binary (default: $SLUICE_PKTGEN, else next to this binary).
+    #[arg(long)]
+    pktgen: Option<PathBuf>,
 }
 
 fn main() {
@@ -153,6 +218,9 @@ fn main() {
         Cmd::Bench {
             bench: BenchCmd::Forward(args),
         } => bench_forward(args),
+        Cmd::Bench {
+            bench: BenchCmd::Scenarios(args),
+        } => bench_scenarios(args),
         Cmd::Cleanup { all } => clean(all),
         Cmd::Leak { pods } => leak(pods),
     };
@@ -347,10 +415,51 @@ fn bench_forward(args: ForwardArgs) -> Result<()> {
         engine: args.engine,
         engine_core: args.engine_core,
         engine_args: args.engine_args,
+        generator: args.generator,
+        pktgen: args.pktgen,
     };
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     let report = forward::run(&config, command)?;
     forward::print_report(&report);
+    if let Some(path) = &args.json {
+        let text = serde_json::to_string_pretty(&report)?;
+        std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
+        println!("JSON written to {}", path.display());
+    }
+    if report.trials.is_empty() {
+        bail!("no trial succeeded");
+    }
+    if !report.failed.is_empty() {
+        bail!("{} trial(s) failed", report.failed.len());
+    }
+    Ok(())
+}
+
+fn bench_scenarios(args: ScenariosArgs) -> Result<()> {
+    let iptables = match args.iptables.as_str() {
+        "nft" => Loader::IptablesNft,
+        "legacy" => Loader::IptablesLegacy,
+        other => bail!("--iptables {other:?}: nft or legacy"),
+    };
+    let mut config = ScenariosConfig {
+        trials: args.trials,
+        seconds: args.seconds,
+        warmup_seconds: args.warmup,
+        flows: args.flows,
+        crr_parallel: args.crr_parallel,
+        scenarios: args.scenarios,
+        variants: args.variants,
+        iptables,
+        engine: args.engine,
+        connrate: args.connrate,
+        engine_args: args.engine_args,
+    };
+    if args.quick {
+        config = config.quick();
+    }
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    let report = scenarios::run(&config, command)?;
+    scenarios::print_report(&report);
     if let Some(path) = &args.json {
         let text = serde_json::to_string_pretty(&report)?;
         std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;

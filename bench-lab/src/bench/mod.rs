@@ -2,8 +2,17 @@
 //!
 //! [`forward`]: pod-to-pod UDP packets per second through the kernel, an in-kernel XDP devmap
 //! redirect and sluice-engine, interleaved in one run.
+//!
+//! [`scenarios`]: UDP 64/1500-byte, one TCP stream, TCP request/response latency and new TCP
+//! connections per second, over the kernel (with and without conntrack), kube-proxy-shaped
+//! iptables/nftables services, an XDP devmap and the engine with one or two workers.
 
 pub mod forward;
 mod machine;
+
+// `bench scenarios` (issue 3): more scenarios and variants; helpers kept apart from forward.rs.
+mod labkit;
+pub mod rules;
+pub mod scenarios;
 
 pub use machine::{CpuTimes, Machine};
