@@ -149,6 +149,9 @@ struct ScenariosArgs {
     /// sluice-connrate binary (default: $SLUICE_CONNRATE, else next to this binary).
     #[arg(long)]
     connrate: Option<PathBuf>,
+    /// MTU of the pod interfaces in every variant (XDP on veth allows up to 3506).
+    #[arg(long, default_value_t = 1500)]
+    mtu: u32,
     /// Extra argument for the engine (repeatable).
     #[arg(long = "engine-arg", allow_hyphen_values = true)]
     engine_args: Vec<String>,
@@ -453,6 +456,7 @@ fn bench_scenarios(args: ScenariosArgs) -> Result<()> {
         engine: args.engine,
         connrate: args.connrate,
         engine_args: args.engine_args,
+        mtu: args.mtu,
     };
     if args.quick {
         config = config.quick();

@@ -315,6 +315,8 @@ pub struct ScenariosConfig {
     pub engine: Option<PathBuf>,
     pub connrate: Option<PathBuf>,
     pub engine_args: Vec<String>,
+    /// MTU of the pod interfaces in every variant (and of the engine's node state).
+    pub mtu: u32,
 }
 
 impl Default for ScenariosConfig {
@@ -331,6 +333,7 @@ impl Default for ScenariosConfig {
             engine: None,
             connrate: None,
             engine_args: Vec::new(),
+            mtu: sluice_tables::DEFAULT_MTU,
         }
     }
 }
@@ -626,7 +629,8 @@ fn run_trial(
     } else {
         LabSpec::kernel(2)
     }
-    .with_queues(variant.queues());
+    .with_queues(variant.queues())
+    .with_mtu(config.mtu);
     let lab = Lab::new(spec)?;
     let result = prepare(config, variant, &lab).and_then(|rules| {
         let setup_seconds = started.elapsed().as_secs_f64();
