@@ -30,11 +30,12 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, ensure, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use serde::Serialize;
 use sluice_tables::MacAddr;
 use sluice_xdp::{AttachMode, DevmapRedirect, Sink};
 
+use super::labkit::{find_tool, link_counts, link_mac, require, wait_for_ports, within_netns};
 use super::machine::{loadavg, loadavg_1min, process_ticks, ticks_per_second, CpuTimes, Machine};
 use crate::command::{ip, run_ok, SETUP_TIMEOUT};
 use crate::{EngineOptions, Lab, LabSpec, GATEWAY_MAC};
@@ -142,29 +143,9 @@ impl FromStr for Generator {
 /// The sluice-pktgen binary: `$SLUICE_PKTGEN`, else next to this executable (or one
 /// directory up, for test binaries in `target/*/deps`).
 pub fn find_pktgen() -> Result<PathBuf> {
-    if let Some(path) = std::env::var_os(PKTGEN_ENV) {
-        let path = PathBuf::from(path);
-        ensure!(
-            path.is_file(),
-            "${PKTGEN_ENV} names {}, which is not a file",
-            path.display()
-        );
-        return Ok(path);
-    }
-    let exe = std::env::current_exe().context("finding the current executable")?;
-    let mut tried = Vec::new();
-    for dir in exe.ancestors().skip(1).take(2) {
-        let candidate = dir.join(PKTGEN_BIN);
-        if candidate.is_file() {
-            return Ok(candidate);
-        }
-        tried.push(candidate.display().to_string());
-    }
-    bail!(
-        "no {PKTGEN_BIN} binary found (tried {}); build it with \
-         `cargo build --release -p sluice-perf --bin sluice-pktgen`, set ${PKTGEN_ENV}, \
+    find_tool(PKTGEN_BIN, PKTGEN_ENV).context(
+        "sluice-pktgen: build it with `cargo build --release -p sluice-perf --bin sluice-pktgen`, \
          or use --generator trafgen",
-        tried.join(", ")
     )
 }
 
@@ -586,53 +567,6 @@ pub fn markdown_table(rows: &[Summary]) -> String {
     text
 }
 
-/// Runs `f` on a fresh thread that has entered network namespace `netns`, so interface
-/// names resolve there; the calling thread stays where it is.
-fn within_netns<T: Send>(netns: &str, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
-    let path = crate::command::netns_path(netns);
-    std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                let file =
-                    fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
-                nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET)
-                    .with_context(|| format!("entering {}", path.display()))?;
-                f()
-            })
-            .join()
-            .map_err(|_| anyhow!("the thread entering {netns} panicked"))?
-    })
-}
-
-/// MAC of `ifname` in `netns`.
-fn link_mac(netns: &str, ifname: &str) -> Result<MacAddr> {
-    let out = run_ok(
-        &mut ip(&["-n", netns, "-j", "link", "show", "dev", ifname]),
-        SETUP_TIMEOUT,
-    )?;
-    let links: serde_json::Value = serde_json::from_str(&out.stdout)?;
-    links[0]["address"]
-        .as_str()
-        .and_then(MacAddr::parse)
-        .ok_or_else(|| anyhow!("no MAC for {ifname} in {netns}: {}", out.stdout.trim()))
-}
-
-/// (tx packets, tx dropped) of `ifname` in `netns`, from `ip -s -j link`.
-fn tx_counts(netns: &str, ifname: &str) -> Result<(u64, u64)> {
-    let out = run_ok(
-        &mut ip(&["-n", netns, "-s", "-j", "link", "show", "dev", ifname]),
-        SETUP_TIMEOUT,
-    )?;
-    let links: serde_json::Value = serde_json::from_str(&out.stdout)?;
-    let tx = &links[0]["stats64"]["tx"];
-    Ok((
-        tx["packets"]
-            .as_u64()
-            .ok_or_else(|| anyhow!("no tx packets for {ifname} in {netns}"))?,
-        tx["dropped"].as_u64().unwrap_or(0),
-    ))
-}
-
 /// XDP programs a trial attaches; dropped (detached) before its lab is torn down.
 struct Attached {
     sink: Sink,
@@ -652,7 +586,7 @@ struct Snapshot {
 
 fn snapshot(lab: &Lab, attached: &Attached, engine: bool) -> Result<Snapshot> {
     let pod1 = lab.pod(FROM_POD)?.netns.clone();
-    let tx = tx_counts(&pod1, "eth0")?;
+    let tx = link_counts(&pod1, "eth0", "tx")?;
     let cpu = CpuTimes::read()?;
     let sink = attached
         .sink
@@ -678,28 +612,6 @@ fn snapshot(lab: &Lab, attached: &Attached, engine: bool) -> Result<Snapshot> {
     })
 }
 
-/// Waits until the engine reports every port up.
-fn wait_for_ports(lab: &Lab, ports: usize) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let stats = lab.engine_stats()?;
-        let up = stats["ports"]
-            .as_array()
-            .map_or(0, |p| p.iter().filter(|p| p["state"] == "up").count());
-        if up >= ports {
-            return Ok(());
-        }
-        if Instant::now() >= deadline {
-            bail!(
-                "the engine has {up} of {ports} ports up after 10 s: {}",
-                stats["ports"]
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// Builds the variant's lab and programs, runs trafgen and measures one window.
 fn run_trial(config: &ForwardConfig, variant: Variant, round: u32) -> Result<Trial> {
     let spec = match variant {
         Variant::Kernel => LabSpec::kernel(2),
@@ -943,7 +855,7 @@ fn describe_trial(t: &Trial) -> String {
 pub fn run(config: &ForwardConfig, command: String) -> Result<Report> {
     config.validate()?;
     match config.generator {
-        Generator::Trafgen => which("trafgen")?,
+        Generator::Trafgen => require("trafgen", "netsniff-ng")?,
         Generator::Afxdp => {
             if config.pktgen.is_none() {
                 find_pktgen()?;
@@ -1061,17 +973,6 @@ pub fn print_report(report: &Report) {
         report.cpu_accounting,
         report.command
     );
-}
-
-fn which(program: &str) -> Result<()> {
-    let found = std::env::var_os("PATH")
-        .map(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
-        .unwrap_or(false);
-    ensure!(
-        found,
-        "{program} not found (install netsniff-ng: scripts/install-deps.sh)"
-    );
-    Ok(())
 }
 
 #[cfg(test)]

@@ -1,5 +1,4 @@
-//! Small lab helpers shared by the scenario benchmarks (kept apart from `forward.rs`, which
-//! has private copies of some of them).
+//! Small lab helpers shared by the benchmarks (`forward.rs`, `scenarios.rs`).
 
 use std::fs;
 use std::time::{Duration, Instant};
