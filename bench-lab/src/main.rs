@@ -424,18 +424,12 @@ fn bench_forward(args: ForwardArgs) -> Result<()> {
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     let report = forward::run(&config, command)?;
     forward::print_report(&report);
-    if let Some(path) = &args.json {
-        let text = serde_json::to_string_pretty(&report)?;
-        std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
-        println!("JSON written to {}", path.display());
-    }
-    if report.trials.is_empty() {
-        bail!("no trial succeeded");
-    }
-    if !report.failed.is_empty() {
-        bail!("{} trial(s) failed", report.failed.len());
-    }
-    Ok(())
+    finish_report(
+        &report,
+        args.json.as_deref(),
+        report.trials.len(),
+        report.failed.len(),
+    )
 }
 
 fn bench_scenarios(args: ScenariosArgs) -> Result<()> {
@@ -464,16 +458,32 @@ fn bench_scenarios(args: ScenariosArgs) -> Result<()> {
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     let report = scenarios::run(&config, command)?;
     scenarios::print_report(&report);
-    if let Some(path) = &args.json {
-        let text = serde_json::to_string_pretty(&report)?;
+    finish_report(
+        &report,
+        args.json.as_deref(),
+        report.trials.len(),
+        report.failed.len(),
+    )
+}
+
+/// Writes a benchmark report as JSON when asked, and fails the run when no trial
+/// succeeded or any failed.
+fn finish_report(
+    report: &impl serde::Serialize,
+    json: Option<&std::path::Path>,
+    succeeded: usize,
+    failed: usize,
+) -> Result<()> {
+    if let Some(path) = json {
+        let text = serde_json::to_string_pretty(report)?;
         std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
         println!("JSON written to {}", path.display());
     }
-    if report.trials.is_empty() {
+    if succeeded == 0 {
         bail!("no trial succeeded");
     }
-    if !report.failed.is_empty() {
-        bail!("{} trial(s) failed", report.failed.len());
+    if failed > 0 {
+        bail!("{failed} trial(s) failed");
     }
     Ok(())
 }
