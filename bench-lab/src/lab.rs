@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
-use sluice_tables::{Endpoint, Gateway, MacAddr, NodeState};
+use sluice_tables::{Cidr, Endpoint, Gateway, MacAddr, NodeState, Uplink};
 
 use crate::command::{self, in_netns, ip, run, run_ok, CmdOutput, SETUP_TIMEOUT};
 use crate::names;
@@ -18,6 +18,17 @@ use crate::names;
 pub const GATEWAY_MAC: MacAddr = MacAddr([0x02, 0x53, 0x4c, 0x00, 0x00, 0x01]);
 pub const GATEWAY_IPV4: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 1);
 pub const GATEWAY_IPV6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
+
+/// The node's uplink (`LabSpec::with_outside`): its name in the node namespace
+/// and the node's own addresses on it.
+pub const UPLINK_IFNAME: &str = "uplink0";
+pub const UPLINK_IPV4: Ipv4Addr = Ipv4Addr::new(192, 168, 254, 1);
+pub const UPLINK_IPV6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x254, 0, 0, 0, 0, 0, 1);
+/// The outside host's addresses (its `eth0`).
+pub const OUTSIDE_IPV4: Ipv4Addr = Ipv4Addr::new(192, 168, 254, 2);
+pub const OUTSIDE_IPV6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x254, 0, 0, 0, 0, 0, 2);
+/// The pod prefixes the outside routes via the node and the engine owns on the uplink.
+pub const POD_CIDRS: [&str; 2] = ["10.200.0.0/24", "fd00:200::/64"];
 
 /// Most pods one lab holds (the last IPv4 octet is 10 + pod number).
 pub const MAX_PODS: usize = 200;
@@ -61,6 +72,9 @@ pub struct LabSpec {
     /// MTU of every pod's eth0 and its node-side veth (and of the engine's node
     /// state). XDP on a veth allows at most 3506 without multi-buffer programs.
     pub mtu: u32,
+    /// An "outside" namespace joined to the node by its uplink (`uplink0`),
+    /// which routes the pod prefixes via the node. Engine mode only.
+    pub outside: bool,
 }
 
 impl LabSpec {
@@ -72,6 +86,7 @@ impl LabSpec {
             mode: Forwarding::Engine,
             pod_tx_checksum_off: true,
             mtu: sluice_tables::DEFAULT_MTU,
+            outside: false,
         }
     }
 
@@ -83,6 +98,7 @@ impl LabSpec {
             mode: Forwarding::Kernel,
             pod_tx_checksum_off: false,
             mtu: sluice_tables::DEFAULT_MTU,
+            outside: false,
         }
     }
 
@@ -93,6 +109,12 @@ impl LabSpec {
 
     pub fn with_mtu(mut self, mtu: u32) -> LabSpec {
         self.mtu = mtu;
+        self
+    }
+
+    /// Adds the outside namespace and the node's uplink (engine mode only).
+    pub fn with_outside(mut self, outside: bool) -> LabSpec {
+        self.outside = outside;
         self
     }
 }
@@ -252,6 +274,8 @@ pub struct Lab {
     node_netns: String,
     pods: Vec<Pod>,
     state_path: PathBuf,
+    /// The node's uplink, when the lab has an outside.
+    uplink: Option<Uplink>,
 }
 
 impl Lab {
@@ -272,6 +296,10 @@ impl Lab {
             "a pod MTU is 68 to 9000, not {}",
             spec.mtu
         );
+        ensure!(
+            !(spec.outside && spec.mode == Forwarding::Kernel),
+            "with_outside is supported in engine mode only (kernel mode has no uplink routing)"
+        );
         ensure!(command::is_root(), "the lab needs root (namespaces, veths)");
         let prefix = names::next_prefix();
         let run_dir = names::run_dir(&prefix);
@@ -288,6 +316,7 @@ impl Lab {
             state_path: run_dir.join("state.json"),
             spec,
             pods: Vec::new(),
+            uplink: None,
         };
         fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
         lab.build()?;
@@ -319,6 +348,9 @@ impl Lab {
         for index in 1..=self.spec.pods {
             let pod = self.add_pod(index)?;
             self.pods.push(pod);
+        }
+        if self.spec.outside {
+            self.uplink = Some(self.add_outside()?);
         }
         let state = serde_json::to_string_pretty(&self.node_state())?;
         fs::write(&self.state_path, state + "\n")
@@ -424,6 +456,85 @@ impl Lab {
         })
     }
 
+    /// The outside namespace and the node's uplink to it. The node kernel owns
+    /// the uplink addresses (its own traffic) but has no pod routes and does not
+    /// forward: outside <-> pod traffic exists only through the engine.
+    fn add_outside(&self) -> Result<Uplink> {
+        let node = &self.node_netns;
+        let out = names::outside_netns(&self.shared.prefix);
+        self.add_netns(&out)?;
+        #[rustfmt::skip]
+        ip_in(node, &[
+            "link", "add", UPLINK_IFNAME, "type", "veth", "peer", "name", "eth0", "netns", &out,
+        ])?;
+        let mtu = self.spec.mtu.to_string();
+        sysctl(
+            node,
+            &[
+                (&format!("net.ipv6.conf.{UPLINK_IFNAME}.accept_dad"), "0"),
+                (&format!("net.ipv4.conf.{UPLINK_IFNAME}.forwarding"), "0"),
+                (&format!("net.ipv6.conf.{UPLINK_IFNAME}.forwarding"), "0"),
+            ],
+        )?;
+        ip_in(node, &["link", "set", UPLINK_IFNAME, "mtu", &mtu])?;
+        let node4 = format!("{UPLINK_IPV4}/24");
+        let node6 = format!("{UPLINK_IPV6}/64");
+        ip_in(node, &["addr", "add", &node4, "dev", UPLINK_IFNAME])?;
+        #[rustfmt::skip]
+        ip_in(node, &["-6", "addr", "add", &node6, "dev", UPLINK_IFNAME, "nodad"])?;
+        ip_in(node, &["link", "set", UPLINK_IFNAME, "up"])?;
+
+        sysctl(&out, &[("net.ipv6.conf.eth0.accept_dad", "0")])?;
+        ip_in(&out, &["link", "set", "lo", "up"])?;
+        ip_in(&out, &["link", "set", "eth0", "mtu", &mtu])?;
+        let out4 = format!("{OUTSIDE_IPV4}/24");
+        let out6 = format!("{OUTSIDE_IPV6}/64");
+        ip_in(&out, &["addr", "add", &out4, "dev", "eth0"])?;
+        ip_in(&out, &["-6", "addr", "add", &out6, "dev", "eth0", "nodad"])?;
+        ip_in(&out, &["link", "set", "eth0", "up"])?;
+        let (via4, via6) = (UPLINK_IPV4.to_string(), UPLINK_IPV6.to_string());
+        #[rustfmt::skip]
+        ip_in(&out, &["route", "add", POD_CIDRS[0], "via", &via4, "dev", "eth0"])?;
+        #[rustfmt::skip]
+        ip_in(&out, &["-6", "route", "add", POD_CIDRS[1], "via", &via6, "dev", "eth0"])?;
+        if self.spec.pod_tx_checksum_off {
+            run_ok(
+                &mut in_netns(&out, &["ethtool", "-K", "eth0", "tx", "off"]),
+                SETUP_TIMEOUT,
+            )?;
+        }
+
+        let (ifindex, mac) = link_info(node, UPLINK_IFNAME)?;
+        let (_, next_hop_mac) = link_info(&out, "eth0")?;
+        Ok(Uplink {
+            ifname: UPLINK_IFNAME.to_string(),
+            ifindex,
+            mac,
+            next_hop_mac,
+            pod_cidrs: POD_CIDRS.iter().filter_map(|c| Cidr::parse(c)).collect(),
+        })
+    }
+
+    /// The outside namespace, when the lab was built with one.
+    pub fn outside_netns(&self) -> Option<String> {
+        self.uplink
+            .as_ref()
+            .map(|_| names::outside_netns(&self.shared.prefix))
+    }
+
+    /// The node's uplink, when the lab was built with an outside.
+    pub fn uplink(&self) -> Option<&Uplink> {
+        self.uplink.as_ref()
+    }
+
+    /// Runs `args` in the outside namespace; killed after `timeout`.
+    pub fn exec_outside(&self, args: &[&str], timeout: Duration) -> Result<CmdOutput> {
+        let netns = self
+            .outside_netns()
+            .ok_or_else(|| anyhow!("lab {} has no outside namespace", self.prefix()))?;
+        self.exec_in(&netns, args, timeout)
+    }
+
     /// `sl<pid>x<n>`: the prefix of every object of this lab.
     pub fn prefix(&self) -> &str {
         &self.shared.prefix
@@ -486,6 +597,7 @@ impl Lab {
                 })
                 .collect(),
             mtu: self.spec.mtu,
+            uplink: self.uplink.clone(),
         }
     }
 
@@ -505,7 +617,12 @@ impl Lab {
         self.exec_in(&self.node_netns, args, timeout)
     }
 
-    fn exec_in(&self, netns: &str, args: &[&str], timeout: Duration) -> Result<CmdOutput> {
+    pub(crate) fn exec_in(
+        &self,
+        netns: &str,
+        args: &[&str],
+        timeout: Duration,
+    ) -> Result<CmdOutput> {
         let running = {
             // Started under the lock: a teardown running now would otherwise
             // miss it when it lists the namespace's processes.
@@ -691,5 +808,7 @@ mod tests {
         assert!(err.to_string().contains("1 to 200 pods"), "{err}");
         let err = Lab::new(LabSpec::kernel(1).with_queues(0)).unwrap_err();
         assert!(err.to_string().contains("queues"), "{err}");
+        let err = Lab::new(LabSpec::kernel(1).with_outside(true)).unwrap_err();
+        assert!(err.to_string().contains("engine mode only"), "{err}");
     }
 }

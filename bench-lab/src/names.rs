@@ -2,8 +2,8 @@
 //!
 //! Every lab instance has a prefix `sl<pid>x<n>`: the creating process's PID and a
 //! per-process counter, so labs of parallel tests (threads or processes) never
-//! collide. Its namespaces are `<prefix>-node` and `<prefix>-p<i>` (pods numbered
-//! from 1), and its run directory is `/run/sluice-lab/<prefix>/`. Interface names
+//! collide. Its namespaces are `<prefix>-node`, `<prefix>-p<i>` (pods numbered
+//! from 1) and, with an outside, `<prefix>-out`, and its run directory is `/run/sluice-lab/<prefix>/`. Interface names
 //! live inside those namespaces (`lxc<i>` on the node, `eth0` in a pod), so they
 //! need no prefix.
 //!
@@ -34,6 +34,11 @@ pub fn node_netns(prefix: &str) -> String {
 /// Pods are numbered from 1.
 pub fn pod_netns(prefix: &str, pod: usize) -> String {
     format!("{prefix}-p{pod}")
+}
+
+/// The namespace standing for the world outside the node (`LabSpec::with_outside`).
+pub fn outside_netns(prefix: &str) -> String {
+    format!("{prefix}-out")
 }
 
 pub fn run_dir(prefix: &str) -> PathBuf {
@@ -80,6 +85,7 @@ mod tests {
         assert_eq!(parsed.pid, std::process::id());
         assert_eq!(parse_prefix(&pod_netns(&b, 12)).unwrap().prefix, b);
         assert_eq!(parse_prefix(&b).unwrap().prefix, b);
+        assert_eq!(parse_prefix(&outside_netns(&b)).unwrap().prefix, b);
     }
 
     #[test]

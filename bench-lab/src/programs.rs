@@ -114,6 +114,21 @@ impl Lab {
     /// `count` echo requests from pod `from` to `to`, 0.2 s apart, waiting at
     /// most 1 s for the last reply. Loss is a result, not an error.
     pub fn ping(&self, from: usize, to: IpAddr, count: u32) -> Result<PingResult> {
+        let netns = self.pod(from)?.netns.clone();
+        self.ping_in(&netns, &format!("pod {from}"), to, count)
+    }
+
+    /// Like [`Lab::ping`], from the outside namespace of a lab built
+    /// [`with_outside`](crate::LabSpec::with_outside).
+    pub fn ping_from_outside(&self, to: IpAddr, count: u32) -> Result<PingResult> {
+        let netns = self
+            .outside_netns()
+            .ok_or_else(|| anyhow::anyhow!("lab {} has no outside namespace", self.prefix()))?
+            .to_string();
+        self.ping_in(&netns, "the outside", to, count)
+    }
+
+    fn ping_in(&self, netns: &str, from: &str, to: IpAddr, count: u32) -> Result<PingResult> {
         ensure!(
             (1..=MAX_PING_COUNT).contains(&count),
             "ping count must be 1 to {MAX_PING_COUNT}"
@@ -127,11 +142,11 @@ impl Lab {
             "ping", family, "-n", "-q", "-c", &count_text, "-i", "0.2", "-W", "1", &target,
         ];
         let timeout = Duration::from_secs(u64::from(count / 5 + 10));
-        let out = self.exec_timeout(from, &args, timeout)?;
+        let out = self.exec_in(netns, &args, timeout)?;
         // iputils: 0 all answered, 1 some lost, 2 error (bad address, no route...).
         if out.status.code() == Some(2) || !out.stdout.contains("packets transmitted") {
             bail!(
-                "ping from pod {from} to {to} failed ({}): {}{}",
+                "ping from {from} to {to} failed ({}): {}{}",
                 out.status,
                 out.stdout.trim(),
                 out.stderr.trim()

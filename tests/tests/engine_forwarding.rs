@@ -327,3 +327,84 @@ fn jumbo_frames_pass_when_the_node_state_allows_them() {
     let stats = settled_stats(&lab);
     assert_eq!(drops(&stats, "frame_too_large"), 0, "{}", stats["drops"]);
 }
+
+#[test]
+fn the_outside_reaches_the_pods_only_through_the_engine_and_the_node_directly() {
+    if !root_or_skip("the_outside_reaches_the_pods_only_through_the_engine_and_the_node_directly") {
+        return;
+    }
+    let lab = Lab::new(LabSpec::engine(2).with_outside(true)).expect("lab up");
+    let uplink = lab.uplink().expect("lab has an uplink").clone();
+    assert_eq!(uplink.ifname, sluice_lab::UPLINK_IFNAME);
+    lab.start_engine(&EngineOptions::default())
+        .expect("engine starts (build it with cargo build --release -p sluice-engine)");
+    let node4: IpAddr = sluice_lab::UPLINK_IPV4.into();
+    let node6: IpAddr = sluice_lab::UPLINK_IPV6.into();
+    let outside4: IpAddr = sluice_lab::OUTSIDE_IPV4.into();
+    let outside6: IpAddr = sluice_lab::OUTSIDE_IPV6.into();
+
+    // (a) The node's own traffic: the uplink program passes it to the kernel,
+    // the engine never sees it.
+    let before = settled_stats(&lab);
+    for addr in [node4, node6] {
+        let r = lab.ping_from_outside(addr, 3).unwrap();
+        assert!(r.all_received(), "outside -> node {addr}: {r:?}");
+    }
+    let after = settled_stats(&lab);
+    // Had the engine received them it would drop them as no_route (the node's
+    // address is no endpoint). Stray pod frames (MLD after link-up) may still
+    // be counted as received, but not six of them and not as no_route.
+    assert_eq!(
+        drops(&after, "no_route"),
+        drops(&before, "no_route"),
+        "the engine received the node's own traffic: {after}"
+    );
+    assert!(
+        total(&after, "rx_packets") - total(&before, "rx_packets") < 6,
+        "the engine received the node's own traffic: {after}"
+    );
+
+    // (b) The outside reaches the pods through the engine, both ways.
+    for addr in [v4(&lab, 1), v6(&lab, 1), v4(&lab, 2), v6(&lab, 2)] {
+        let r = lab.ping_from_outside(addr, 3).unwrap();
+        assert!(
+            r.all_received(),
+            "outside -> {addr}: {r:?}\n{}",
+            lab.engine_log_tail(20)
+        );
+    }
+    let through = settled_stats(&lab);
+    assert!(
+        total(&through, "rx_packets") - total(&after, "rx_packets") >= 24,
+        "echo requests and replies did not go through the engine: {through}"
+    );
+
+    // (c) A pod reaches the outside.
+    for addr in [outside4, outside6] {
+        let r = lab.ping(1, addr, 3).unwrap();
+        assert!(r.all_received(), "pod1 -> {addr}: {r:?}");
+    }
+    // Pods still reach each other.
+    assert!(lab.ping(1, v4(&lab, 2), 2).unwrap().all_received());
+
+    // (d) Without the engine the outside cannot reach the pods (no kernel
+    // route, no forwarding), while the node itself still answers.
+    lab.stop_engine().unwrap();
+    for addr in [v4(&lab, 1), v6(&lab, 1)] {
+        let r = lab.ping_from_outside(addr, 2).unwrap();
+        assert_eq!(r.received, 0, "outside reaches {addr} without the engine");
+    }
+    let r = lab.ping_from_outside(node4, 2).unwrap();
+    assert!(
+        r.all_received(),
+        "outside -> node without the engine: {r:?}"
+    );
+    let links = lab
+        .exec_node(&["ip", "-d", "link", "show"], Duration::from_secs(5))
+        .unwrap();
+    assert!(
+        !links.stdout.contains("prog/xdp"),
+        "XDP left after the engine stopped: {}",
+        links.stdout
+    );
+}

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use crossbeam_channel::{bounded, Sender};
 use hashbrown::HashMap;
-use sluice_tables::{NodeState, Tables, TablesHandle};
-use sluice_xdp::{AttachMode, PodProgram};
+use sluice_tables::{Cidr, NodeState, Tables, TablesHandle};
+use sluice_xdp::{AttachMode, PodProgram, UplinkProgram};
 use sluice_xsk::{WorkerIo, XskConfig};
 
 use crate::config::{EngineConfig, XdpAttach};
@@ -33,11 +33,43 @@ pub fn read_state(path: &std::path::Path) -> anyhow::Result<Tables> {
     Tables::build(state).with_context(|| format!("node state {}", path.display()))
 }
 
+/// The steering program on one interface.
+// One per interface, held by the control thread: the size difference is harmless.
+#[allow(clippy::large_enum_variant)]
+enum Program {
+    /// A pod veth: every frame to the engine.
+    Pod(PodProgram),
+    /// The node's uplink: frames to the pod CIDRs to the engine, the rest to the kernel.
+    Uplink(UplinkProgram),
+}
+
+impl Program {
+    fn register_socket(
+        &mut self,
+        queue: u32,
+        fd: impl std::os::fd::AsRawFd,
+    ) -> Result<(), sluice_xdp::XdpError> {
+        match self {
+            Program::Pod(p) => p.register_socket(queue, fd),
+            Program::Uplink(p) => p.register_socket(queue, fd),
+        }
+    }
+}
+
+/// What an interface is to the engine.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Role {
+    Pod,
+    /// The uplink, with the prefixes steered to the engine.
+    Uplink(Vec<Cidr>),
+}
+
 /// One interface the engine serves: its steering program and the fact that
 /// every worker has a socket on it.
 struct Attached {
     ifindex: u32,
-    _program: PodProgram,
+    role: Role,
+    _program: Program,
 }
 
 /// Brings the interfaces in line with the desired state.
@@ -56,21 +88,28 @@ impl Reconciler {
     /// shown as down and the others are served.
     fn apply(&mut self) -> anyhow::Result<u64> {
         let tables = read_state(&self.state_path)?;
-        let wanted: Vec<(String, u32)> = tables
+        let mut wanted: Vec<(String, u32, Role)> = tables
             .endpoints
             .iter()
-            .map(|e| (e.ifname.clone(), e.ifindex))
+            .map(|e| (e.ifname.clone(), e.ifindex, Role::Pod))
             .collect();
-        for (ifname, ifindex) in &wanted {
+        if let Some(uplink) = &tables.uplink {
+            wanted.push((
+                uplink.ifname.clone(),
+                uplink.ifindex,
+                Role::Uplink(uplink.pod_cidrs.clone()),
+            ));
+        }
+        for (ifname, ifindex, role) in &wanted {
             let stale = self
                 .attached
                 .get(ifname)
-                .is_some_and(|a| a.ifindex != *ifindex);
+                .is_some_and(|a| a.ifindex != *ifindex || a.role != *role);
             if stale {
                 self.detach(ifname);
             }
             if !self.attached.contains_key(ifname) {
-                if let Err(e) = self.attach(ifname, *ifindex) {
+                if let Err(e) = self.attach(ifname, *ifindex, role) {
                     tracing::error!("{e:#}");
                     for worker in 0..self.workers.len() {
                         self.shared.ports.set(PortStatus {
@@ -89,7 +128,7 @@ impl Reconciler {
         let gone: Vec<String> = self
             .attached
             .keys()
-            .filter(|name| !wanted.iter().any(|(w, _)| w == *name))
+            .filter(|name| !wanted.iter().any(|(w, _, _)| w == *name))
             .cloned()
             .collect();
         for ifname in gone {
@@ -103,14 +142,22 @@ impl Reconciler {
         Ok(generation)
     }
 
-    fn attach(&mut self, ifname: &str, ifindex: u32) -> anyhow::Result<()> {
+    fn attach(&mut self, ifname: &str, ifindex: u32, role: &Role) -> anyhow::Result<()> {
         let actual = nix::net::if_::if_nametoindex(ifname)
             .with_context(|| format!("interface {ifname} from the node state does not exist"))?;
         if actual != ifindex {
             bail!("interface {ifname} has ifindex {actual}, but the node state says {ifindex}");
         }
-        let mut program = PodProgram::attach(ifname, self.xdp_mode)
-            .with_context(|| format!("attach steering program to {ifname}"))?;
+        let mut program = match role {
+            Role::Pod => Program::Pod(
+                PodProgram::attach(ifname, self.xdp_mode)
+                    .with_context(|| format!("attach steering program to {ifname}"))?,
+            ),
+            Role::Uplink(_) => Program::Uplink(
+                UplinkProgram::attach(ifname, self.xdp_mode)
+                    .with_context(|| format!("attach uplink program to {ifname}"))?,
+            ),
+        };
         for (queue, worker) in self.workers.iter().enumerate() {
             let (reply, answer) = bounded(1);
             worker
@@ -129,11 +176,21 @@ impl Reconciler {
                 .register_socket(queue as u32, fd)
                 .with_context(|| format!("register worker {queue} socket in {ifname} XSKMAP"))?;
         }
-        tracing::info!(ifname, ifindex, "interface attached");
+        // Prefixes last: until every worker's socket is registered, the
+        // uplink program passes everything to the kernel.
+        if let (Program::Uplink(uplink), Role::Uplink(cidrs)) = (&mut program, role) {
+            for cidr in cidrs {
+                uplink
+                    .add_prefix(cidr.addr, cidr.prefix_len)
+                    .with_context(|| format!("steer {cidr} from {ifname} to the engine"))?;
+            }
+        }
+        tracing::info!(ifname, ifindex, ?role, "interface attached");
         self.attached.insert(
             ifname.to_string(),
             Attached {
                 ifindex,
+                role: role.clone(),
                 _program: program,
             },
         );

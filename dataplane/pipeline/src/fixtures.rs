@@ -8,7 +8,7 @@
 
 use core::net::{Ipv4Addr, Ipv6Addr};
 
-use sluice_tables::{Endpoint, EndpointTable, Gateway, MacAddr, Tables};
+use sluice_tables::{Cidr, Endpoint, EndpointTable, Gateway, MacAddr, Tables, Uplink};
 use sluice_wire::ip_protocol::{
     DESTINATION_OPTIONS, FRAGMENT, HOP_BY_HOP, ICMP, ICMPV6, ROUTING, TCP, UDP,
 };
@@ -122,7 +122,35 @@ pub fn tables() -> Tables {
         ])
         .unwrap_or_default(),
         mtu: sluice_tables::DEFAULT_MTU,
+        uplink: None,
     }
+}
+
+/// The node's uplink in [`uplink_tables`].
+pub const UPLINK_IFINDEX: u32 = 20;
+/// The node's MAC on the uplink.
+pub const UPLINK_MAC: MacAddress = [0x02, 0x55, 0, 0, 0, 1];
+/// The next router's MAC, behind the uplink.
+pub const NEXT_HOP_MAC: MacAddress = [0x02, 0x55, 0, 0, 0, 2];
+/// A host outside the node.
+pub const OUTSIDE_V4: Ipv4Addr = Ipv4Addr::new(192, 168, 254, 2);
+pub const OUTSIDE_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x254, 0, 0, 0, 0, 0, 2);
+
+/// [`tables`] plus an uplink owning 10.200.0.0/24 and fd00::/64; the
+/// [`uplink_all`] fixtures run against it.
+pub fn uplink_tables() -> Tables {
+    let mut t = tables();
+    t.uplink = Some(Uplink {
+        ifname: "uplink0".into(),
+        ifindex: UPLINK_IFINDEX,
+        mac: MacAddr(UPLINK_MAC),
+        next_hop_mac: MacAddr(NEXT_HOP_MAC),
+        pod_cidrs: ["10.200.0.0/24", "fd00::/64"]
+            .iter()
+            .filter_map(|c| Cidr::parse(c))
+            .collect(),
+    });
+    t
 }
 
 // ---- frame builders -------------------------------------------------------
@@ -329,6 +357,14 @@ fn routed_v4(input: &[u8], egress_mac: MacAddress) -> Vec<u8> {
     let ihl = usize::from(out[14] & 0xf) * 4;
     let c = checksum::checksum(&out[14..14 + ihl]);
     out[14 + 10..14 + 12].copy_from_slice(&c.to_be_bytes());
+    out
+}
+
+/// A routed frame leaving through the uplink: to the next hop, from the node's uplink MAC.
+fn to_next_hop(routed: Vec<u8>) -> Vec<u8> {
+    let mut out = routed;
+    out[0..6].copy_from_slice(&NEXT_HOP_MAC);
+    out[6..12].copy_from_slice(&UPLINK_MAC);
     out
 }
 
@@ -565,6 +601,12 @@ pub fn all() -> Vec<Fixture> {
         "IPv4 destination without an endpoint",
         a.ifindex,
         from_a_v4(&V4::new(a.ipv4, Ipv4Addr::new(192, 0, 2, 1), UDP, 64).packet(&udp(1, 2, &[]))),
+        DropReason::NoRoute,
+    ));
+    v.push(drop(
+        "IPv4 to the outside without an uplink",
+        a.ifindex,
+        from_a_v4(&V4::new(a.ipv4, OUTSIDE_V4, UDP, 64).packet(&udp(40000, 53, b"q"))),
         DropReason::NoRoute,
     ));
     v.push(drop(
@@ -1073,6 +1115,159 @@ pub fn all() -> Vec<Fixture> {
             ),
         ),
         DropReason::Icmpv6NotHandled,
+    ));
+    v
+}
+
+fn from_outside(ethertype: u16, ip: &[u8]) -> Vec<u8> {
+    ethernet(UPLINK_MAC, NEXT_HOP_MAC, ethertype, ip)
+}
+
+/// The fixtures for the node's uplink; run them against [`uplink_tables`].
+pub fn uplink_all() -> Vec<Fixture> {
+    let (a, b) = (POD_A, POD_B);
+    let unassigned_v4 = Ipv4Addr::new(10, 200, 0, 99);
+    let unassigned_v6 = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0x99);
+    let mut v = Vec::new();
+
+    let out4 = from_a_v4(&V4::new(a.ipv4, OUTSIDE_V4, UDP, 64).packet(&udp(40000, 53, b"q")));
+    v.push(forward(
+        "uplink: IPv4 from a pod to the outside leaves through the uplink",
+        a.ifindex,
+        out4.clone(),
+        UPLINK_IFINDEX,
+        to_next_hop(routed_v4(&out4, NEXT_HOP_MAC)),
+    ));
+    let out6 = from_a_v6(&ipv6_simple(
+        a.ipv6,
+        OUTSIDE_V6,
+        64,
+        UDP,
+        &udp(40000, 53, b"q"),
+    ));
+    v.push(forward(
+        "uplink: IPv6 from a pod to the outside leaves through the uplink",
+        a.ifindex,
+        out6.clone(),
+        UPLINK_IFINDEX,
+        to_next_hop(routed_v6(&out6, NEXT_HOP_MAC)),
+    ));
+    let in4 = from_outside(
+        ethertype::IPV4,
+        &V4::new(OUTSIDE_V4, b.ipv4, ICMP, 63).packet(&icmp(8, 0, [0, 1, 0, 1], b"ping")),
+    );
+    v.push(forward(
+        "uplink: IPv4 from the outside to a pod is routed to the pod",
+        UPLINK_IFINDEX,
+        in4.clone(),
+        b.ifindex,
+        routed_v4(&in4, b.mac),
+    ));
+    let in6 = from_outside(
+        ethertype::IPV6,
+        &ipv6_simple(OUTSIDE_V6, b.ipv6, 63, UDP, &udp(53, 40000, b"a")),
+    );
+    v.push(forward(
+        "uplink: IPv6 from the outside to a pod is routed to the pod",
+        UPLINK_IFINDEX,
+        in6.clone(),
+        b.ifindex,
+        routed_v6(&in6, b.mac),
+    ));
+    v.push(drop(
+        "uplink: IPv4 from the outside to an address without an endpoint",
+        UPLINK_IFINDEX,
+        from_outside(
+            ethertype::IPV4,
+            &V4::new(OUTSIDE_V4, unassigned_v4, UDP, 64).packet(&udp(1, 2, &[])),
+        ),
+        DropReason::NoRoute,
+    ));
+    v.push(drop(
+        "uplink: IPv6 from the outside to an address without an endpoint",
+        UPLINK_IFINDEX,
+        from_outside(
+            ethertype::IPV6,
+            &ipv6_simple(OUTSIDE_V6, unassigned_v6, 64, UDP, &udp(1, 2, &[])),
+        ),
+        DropReason::NoRoute,
+    ));
+    v.push(drop(
+        "uplink: IPv4 from the outside to another outside address",
+        UPLINK_IFINDEX,
+        from_outside(
+            ethertype::IPV4,
+            &V4::new(OUTSIDE_V4, Ipv4Addr::new(198, 51, 100, 1), UDP, 64).packet(&udp(1, 2, &[])),
+        ),
+        DropReason::NoRoute,
+    ));
+    v.push(drop(
+        "uplink: IPv4 from the outside with TTL 1",
+        UPLINK_IFINDEX,
+        from_outside(
+            ethertype::IPV4,
+            &V4::new(OUTSIDE_V4, b.ipv4, UDP, 1).packet(&udp(1, 2, &[])),
+        ),
+        DropReason::TtlExceeded,
+    ));
+    v.push(drop(
+        "uplink: ARP from the outside",
+        UPLINK_IFINDEX,
+        ethernet(
+            [0xff; 6],
+            NEXT_HOP_MAC,
+            ethertype::ARP,
+            &arp(
+                ArpOperation::Request,
+                NEXT_HOP_MAC,
+                OUTSIDE_V4,
+                [0; 6],
+                b.ipv4,
+            ),
+        ),
+        DropReason::ArpNotForGateway,
+    ));
+    let sn = sluice_wire::ipv6::solicited_node(&b.ipv6);
+    v.push(drop(
+        "uplink: neighbour solicitation from the outside",
+        UPLINK_IFINDEX,
+        ethernet(
+            sluice_wire::ethernet::ipv6_multicast(&sn),
+            NEXT_HOP_MAC,
+            ethertype::IPV6,
+            &ipv6_simple(
+                OUTSIDE_V6,
+                sn,
+                255,
+                ICMPV6,
+                &neighbor_solicit(b.ipv6, Some(NEXT_HOP_MAC)),
+            ),
+        ),
+        DropReason::Icmpv6NotHandled,
+    ));
+    v.push(drop(
+        "uplink: IPv4 from a pod to an unassigned pod address is not sent out",
+        a.ifindex,
+        from_a_v4(&V4::new(a.ipv4, unassigned_v4, UDP, 64).packet(&udp(1, 2, &[]))),
+        DropReason::NoRoute,
+    ));
+    v.push(drop(
+        "uplink: IPv6 from a pod to an unassigned pod address is not sent out",
+        a.ifindex,
+        from_a_v6(&ipv6_simple(
+            a.ipv6,
+            unassigned_v6,
+            64,
+            UDP,
+            &udp(1, 2, &[]),
+        )),
+        DropReason::NoRoute,
+    ));
+    v.push(drop(
+        "uplink: a pod's spoofed source is still refused with an uplink",
+        a.ifindex,
+        from_a_v4(&V4::new(b.ipv4, OUTSIDE_V4, UDP, 64).packet(&udp(1, 2, &[]))),
+        DropReason::SpoofedSourceIp,
     ));
     v
 }

@@ -3,7 +3,7 @@
 use sluice_tables::{Endpoint, Tables};
 use sluice_wire::{ParseError, Parsed, L3};
 
-use crate::{arp, ipv4, ipv6, DropReason, Verdict};
+use crate::{arp, ipv4, ipv6, uplink, DropReason, Verdict};
 
 /// Bytes a frame may carry beyond the IP MTU: the Ethernet header, plus 4 bytes
 /// of slack for one 802.1Q tag (which is then refused as an ethertype).
@@ -34,6 +34,10 @@ pub(crate) fn run(
     // UMEM chunk holds); the chunk itself is the hard limit.
     if len > frame.len() || len > tables.mtu as usize + FRAME_OVERHEAD {
         return Err(DropReason::FrameTooLarge);
+    }
+    if tables.uplink.as_ref().is_some_and(|u| u.ifindex == ifindex) {
+        let parsed = sluice_wire::parse(&frame[..len]).map_err(drop_reason)?;
+        return uplink::from_outside(frame, len, tables, parsed);
     }
     let endpoint = tables
         .endpoints

@@ -60,30 +60,42 @@ pub(crate) fn handle(
     if dst == gateway.ipv6 {
         return echo_reply(frame, ctx, layout, icmp_type);
     }
-    let egress = ctx
-        .tables
-        .endpoints
-        .by_ipv6(dst)
-        .ok_or(DropReason::NoRoute)?;
-    if egress.ifindex == ctx.ifindex {
+    let (egress_ifindex, dst_mac, src_mac) = match ctx.tables.endpoints.by_ipv6(dst) {
+        Some(egress) => (egress.ifindex, egress.mac.0, gateway.mac.0),
+        // Off-node: out of the uplink, unless it is one of our own (unassigned) pod addresses.
+        None => match &ctx.tables.uplink {
+            Some(uplink) if !uplink.in_pod_cidrs(dst.into()) && !ipv6::is_link_local(&dst) => {
+                (uplink.ifindex, uplink.next_hop_mac.0, uplink.mac.0)
+            }
+            _ => return Err(DropReason::NoRoute),
+        },
+    };
+    if egress_ifindex == ctx.ifindex {
         return Err(DropReason::SameInterface);
     }
     if hop_limit <= 1 {
         return icmp_error::time_exceeded_v6(frame, ctx, layout);
     }
-    let ip_bytes = frame
-        .get_mut(ETH_LEN..ctx.len)
-        .ok_or(DropReason::Truncated)?;
-    Ipv6Packet::new_checked(ip_bytes)
-        .map_err(|_| DropReason::InvalidIpv6Header)?
-        .set_hop_limit(hop_limit - 1);
+    route(frame, ctx.len, egress_ifindex, dst_mac, src_mac)
+}
+
+/// Forwards a routed IPv6 frame: hop limit decremented (checked > 1 by the
+/// caller), MACs rewritten, out of `ifindex`.
+pub(crate) fn route(
+    frame: &mut [u8],
+    len: usize,
+    ifindex: u32,
+    dst_mac: [u8; 6],
+    src_mac: [u8; 6],
+) -> Result<Verdict, DropReason> {
+    let ip_bytes = frame.get_mut(ETH_LEN..len).ok_or(DropReason::Truncated)?;
+    let mut ip = Ipv6Packet::new_checked(ip_bytes).map_err(|_| DropReason::InvalidIpv6Header)?;
+    let hop_limit = ip.hop_limit();
+    ip.set_hop_limit(hop_limit.saturating_sub(1));
     let mut eth = EthernetFrame::new_checked(&mut *frame).map_err(|_| DropReason::Truncated)?;
-    eth.set_dst(egress.mac.0);
-    eth.set_src(gateway.mac.0);
-    Ok(Verdict::Forward {
-        ifindex: egress.ifindex,
-        len: ctx.len,
-    })
+    eth.set_dst(dst_mac);
+    eth.set_src(src_mac);
+    Ok(Verdict::Forward { ifindex, len })
 }
 
 /// Answers a ping to the gateway address in place.

@@ -23,6 +23,7 @@ mod ingress;
 mod ipv4;
 mod ipv6;
 mod ndisc;
+mod uplink;
 mod verdict;
 
 #[cfg(any(test, feature = "fixtures"))]

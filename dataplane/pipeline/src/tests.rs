@@ -11,9 +11,12 @@ use crate::fixtures::{self, Fixture, DEFAULT_CAPACITY};
 use crate::{process, DropReason, Verdict};
 
 fn run(f: &Fixture) -> (Verdict, Vec<u8>) {
-    let tables = fixtures::tables();
+    run_with(f, &fixtures::tables())
+}
+
+fn run_with(f: &Fixture, tables: &sluice_tables::Tables) -> (Verdict, Vec<u8>) {
     let mut chunk = vec![0u8; f.capacity];
-    let verdict = f.run(&tables, &mut chunk, 0);
+    let verdict = f.run(tables, &mut chunk, 0);
     let out = match verdict {
         Verdict::Forward { len, .. } => chunk[..len].to_vec(),
         Verdict::Drop(_) => Vec::new(),
@@ -23,9 +26,30 @@ fn run(f: &Fixture) -> (Verdict, Vec<u8>) {
 
 #[test]
 fn every_fixture_gives_its_verdict_and_frame() {
+    check_fixtures(fixtures::all(), &fixtures::tables());
+}
+
+#[test]
+fn every_uplink_fixture_gives_its_verdict_and_frame() {
+    check_fixtures(fixtures::uplink_all(), &fixtures::uplink_tables());
+}
+
+#[test]
+fn uplink_fixture_descriptions_are_unique_across_both_sets() {
+    let all = fixtures::all();
+    for f in fixtures::uplink_all() {
+        assert!(
+            all.iter().all(|o| o.description != f.description),
+            "{}",
+            f.description
+        );
+    }
+}
+
+fn check_fixtures(set: Vec<Fixture>, tables: &sluice_tables::Tables) {
     let mut failures = Vec::new();
-    for f in fixtures::all() {
-        let (verdict, out) = run(&f);
+    for f in set {
+        let (verdict, out) = run_with(&f, tables);
         if verdict != f.expected_verdict {
             failures.push(format!(
                 "{}: got {verdict:?}, want {:?}",
@@ -141,10 +165,13 @@ fn check_no_panic_and_bounds(
     len: usize,
     ifindex: u32,
 ) -> Result<(), TestCaseError> {
-    let tables = fixtures::tables();
     let capacity = frame.len();
-    if let Verdict::Forward { len, .. } = process(frame, len, ifindex, &tables, 0) {
-        prop_assert!(len <= capacity);
+    let original = frame.to_vec();
+    for tables in [fixtures::tables(), fixtures::uplink_tables()] {
+        frame.copy_from_slice(&original);
+        if let Verdict::Forward { len, .. } = process(frame, len, ifindex, &tables, 0) {
+            prop_assert!(len <= capacity);
+        }
     }
     Ok(())
 }
@@ -157,12 +184,16 @@ proptest! {
         bytes in proptest::collection::vec(any::<u8>(), 0..1600),
         capacity_extra in 0usize..64,
         len_delta in -4isize..4,
-        from_pod in any::<bool>(),
+        from in 0u8..3,
     ) {
         let mut frame = bytes.clone();
         frame.resize(bytes.len() + capacity_extra, 0);
         let len = bytes.len().saturating_add_signed(len_delta);
-        let ifindex = if from_pod { fixtures::POD_A.ifindex } else { 7 };
+        let ifindex = match from {
+            0 => fixtures::POD_A.ifindex,
+            1 => fixtures::UPLINK_IFINDEX,
+            _ => 7,
+        };
         check_no_panic_and_bounds(&mut frame, len, ifindex)?;
     }
 
@@ -174,7 +205,8 @@ proptest! {
         cut in any::<prop::sample::Index>(),
         capacity in 0usize..DEFAULT_CAPACITY,
     ) {
-        let all = fixtures::all();
+        let mut all = fixtures::all();
+        all.extend(fixtures::uplink_all());
         let f = &all[which.index(all.len())];
         let mut frame = f.input.clone();
         for (at, byte) in edits {

@@ -60,6 +60,8 @@ fn a_batch_of_process_calls_allocates_nothing() {
     // Setup allocates freely: tables, fixtures, the chunk.
     let tables = fixtures::tables();
     let all = fixtures::all();
+    let uplink_tables = fixtures::uplink_tables();
+    let uplink_all = fixtures::uplink_all();
     let mut chunk = vec![0u8; 4096];
     let mut forwarded = 0usize;
 
@@ -73,6 +75,10 @@ fn a_batch_of_process_calls_allocates_nothing() {
     for i in 0..1000u64 {
         let f = &all[(i as usize) % all.len()];
         if let Verdict::Forward { len, .. } = f.run(&tables, &mut chunk, i) {
+            forwarded += len;
+        }
+        let f = &uplink_all[(i as usize) % uplink_all.len()];
+        if let Verdict::Forward { len, .. } = f.run(&uplink_tables, &mut chunk, i) {
             forwarded += len;
         }
     }

@@ -5,6 +5,8 @@
 
 mod endpoint;
 mod snapshot;
+mod uplink;
 
 pub use endpoint::{Endpoint, EndpointError, EndpointId, EndpointTable, Gateway, MacAddr};
 pub use snapshot::{NodeState, Tables, TablesHandle, DEFAULT_MTU};
+pub use uplink::{Cidr, Uplink};

@@ -11,7 +11,7 @@ use arc_swap::{ArcSwap, Guard};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Endpoint, EndpointError, EndpointTable, Gateway};
+use crate::{Endpoint, EndpointError, EndpointTable, Gateway, Uplink};
 
 /// The desired state of one node as the control side hands it over (today a
 /// JSON file written by the lab; later the agent's snapshot).
@@ -23,6 +23,10 @@ pub struct NodeState {
     /// header are dropped as too large. 1500 when absent.
     #[serde(default = "default_mtu")]
     pub mtu: u32,
+    /// The node's uplink, when the engine also carries traffic between the pods
+    /// and the outside. Absent: pods reach only each other.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uplink: Option<Uplink>,
 }
 
 /// The MTU a node state gets when it names none.
@@ -41,16 +45,41 @@ pub struct Tables {
     pub endpoints: EndpointTable,
     /// IP MTU of the pod interfaces.
     pub mtu: u32,
+    /// The node's uplink; `None` when the engine serves pods only.
+    pub uplink: Option<Uplink>,
 }
 
 impl Tables {
     /// Builds the tables for a node state; refuses it whole when it conflicts.
     pub fn build(state: NodeState) -> Result<Tables, EndpointError> {
+        let endpoints = EndpointTable::build(state.endpoints)?;
+        if let Some(uplink) = &state.uplink {
+            uplink.validate()?;
+            if let Some(owner) = endpoints.by_ifindex(uplink.ifindex) {
+                return Err(EndpointError::UplinkInterface {
+                    field: "uplink.ifindex",
+                    detail: format!(
+                        "{} is already used by endpoint {}",
+                        uplink.ifindex, owner.name
+                    ),
+                });
+            }
+            if let Some(owner) = endpoints.iter().find(|e| e.ifname == uplink.ifname) {
+                return Err(EndpointError::UplinkInterface {
+                    field: "uplink.ifname",
+                    detail: format!(
+                        "{} is already used by endpoint {}",
+                        uplink.ifname, owner.name
+                    ),
+                });
+            }
+        }
         Ok(Tables {
             generation: 0,
             gateway: state.gateway,
-            endpoints: EndpointTable::build(state.endpoints)?,
+            endpoints,
             mtu: state.mtu,
+            uplink: state.uplink,
         })
     }
 }
@@ -97,6 +126,7 @@ mod tests {
             },
             endpoints: EndpointTable::default(),
             mtu: DEFAULT_MTU,
+            uplink: None,
         }
     }
 
@@ -107,5 +137,29 @@ mod tests {
         assert_eq!(handle.publish(tables()), 1);
         assert_eq!(held.generation, 0);
         assert_eq!(handle.load().generation, 1);
+    }
+
+    #[test]
+    fn an_uplink_on_an_endpoint_interface_is_refused_naming_the_field() {
+        let json = r#"{
+            "gateway": {"mac": "02:53:4c:00:00:01", "ipv4": "10.200.0.1", "ipv6": "fe80::1"},
+            "endpoints": [{"name": "a", "ifindex": 5, "ifname": "lxc1", "mac": "02:00:00:00:00:05",
+                           "ipv4": "10.200.0.11", "ipv6": null, "identity": 0}],
+            "uplink": {"ifname": "uplink0", "ifindex": 5, "mac": "02:00:00:00:00:01",
+                       "next_hop_mac": "02:00:00:00:00:02", "pod_cidrs": ["10.200.0.0/24"]}
+        }"#;
+        let state: NodeState = serde_json::from_str(json).unwrap();
+        let err = Tables::build(state.clone()).unwrap_err().to_string();
+        assert!(err.starts_with("uplink.ifindex:"), "{err}");
+        let mut ok = state;
+        ok.uplink.as_mut().unwrap().ifindex = 6;
+        assert!(Tables::build(ok).unwrap().uplink.is_some());
+        let without: NodeState = serde_json::from_str(&json.replace(
+            r#""uplink": {"ifname": "uplink0", "ifindex": 5, "mac": "02:00:00:00:00:01",
+                       "next_hop_mac": "02:00:00:00:00:02", "pod_cidrs": ["10.200.0.0/24"]}"#,
+            r#""mtu": 1500"#,
+        ))
+        .unwrap();
+        assert!(without.uplink.is_none());
     }
 }
