@@ -165,6 +165,16 @@ pub(crate) struct Inner {
     torn_down: bool,
 }
 
+impl Inner {
+    /// Position of a process this lab started, or an error naming the pid.
+    fn tracked(&self, pid: u32) -> Result<usize> {
+        self.processes
+            .iter()
+            .position(|t| t.child.id() == pid)
+            .ok_or_else(|| anyhow!("pid {pid} was not started by this lab"))
+    }
+}
+
 /// What teardown needs; shared with the registry so a signal handler can tear
 /// down labs that the main thread owns.
 #[derive(Debug)]
@@ -683,12 +693,8 @@ impl Lab {
     /// Whether a process started with [`Lab::spawn`] still runs.
     pub fn process_running(&self, pid: u32) -> Result<bool> {
         let mut inner = self.shared.lock()?;
-        let tracked = inner
-            .processes
-            .iter_mut()
-            .find(|t| t.child.id() == pid)
-            .ok_or_else(|| anyhow!("pid {pid} was not started by this lab"))?;
-        Ok(tracked.child.try_wait()?.is_none())
+        let at = inner.tracked(pid)?;
+        Ok(inner.processes[at].child.try_wait()?.is_none())
     }
 
     /// Waits up to `timeout` for a process started with [`Lab::spawn`] to exit by
@@ -702,12 +708,8 @@ impl Lab {
         loop {
             {
                 let mut inner = self.shared.lock()?;
-                let tracked = inner
-                    .processes
-                    .iter_mut()
-                    .find(|t| t.child.id() == pid)
-                    .ok_or_else(|| anyhow!("pid {pid} was not started by this lab"))?;
-                if let Some(status) = tracked.child.try_wait()? {
+                let at = inner.tracked(pid)?;
+                if let Some(status) = inner.processes[at].child.try_wait()? {
                     return Ok(Some(status));
                 }
             }
@@ -721,11 +723,7 @@ impl Lab {
     /// Stops a process started with [`Lab::spawn`] (SIGTERM, then SIGKILL).
     pub fn stop_process(&self, pid: u32) -> Result<std::process::ExitStatus> {
         let mut inner = self.shared.lock()?;
-        let at = inner
-            .processes
-            .iter()
-            .position(|t| t.child.id() == pid)
-            .ok_or_else(|| anyhow!("pid {pid} was not started by this lab"))?;
+        let at = inner.tracked(pid)?;
         let mut tracked = inner.processes.remove(at);
         command::terminate(&mut tracked.child, Duration::from_secs(5))
     }
