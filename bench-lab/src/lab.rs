@@ -608,6 +608,7 @@ impl Lab {
                 .collect(),
             mtu: self.spec.mtu,
             uplink: self.uplink.clone(),
+            ipcache: Vec::new(),
         }
     }
 

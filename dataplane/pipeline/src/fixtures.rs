@@ -123,6 +123,7 @@ pub fn tables() -> Tables {
         .unwrap_or_default(),
         mtu: sluice_tables::DEFAULT_MTU,
         uplink: None,
+        ipcache: Default::default(),
     }
 }
 

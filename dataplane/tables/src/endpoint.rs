@@ -95,6 +95,8 @@ pub enum EndpointError {
     },
     #[error("endpoint {name}: has neither an IPv4 nor an IPv6 address")]
     NoAddress { name: String },
+    #[error(transparent)]
+    IpCache(#[from] crate::IpCacheError),
     #[error("{field}: {detail}")]
     UplinkInterface { field: &'static str, detail: String },
 }

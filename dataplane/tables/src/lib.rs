@@ -4,9 +4,11 @@
 //! Layering: this crate does no I/O and knows nothing about frames or sockets.
 
 mod endpoint;
+mod ipcache;
 mod snapshot;
 mod uplink;
 
 pub use endpoint::{Endpoint, EndpointError, EndpointId, EndpointTable, Gateway, MacAddr};
+pub use ipcache::{IpCache, IpCacheEntry, IpCacheError};
 pub use snapshot::{NodeState, Tables, TablesHandle, DEFAULT_MTU};
 pub use uplink::{Cidr, Uplink};

@@ -11,7 +11,7 @@ use arc_swap::{ArcSwap, Guard};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Endpoint, EndpointError, EndpointTable, Gateway, Uplink};
+use crate::{Endpoint, EndpointError, EndpointTable, Gateway, IpCache, IpCacheEntry, Uplink};
 
 /// The desired state of one node as the control side hands it over (today a
 /// JSON file written by the lab; later the agent's snapshot).
@@ -27,6 +27,9 @@ pub struct NodeState {
     /// and the outside. Absent: pods reach only each other.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uplink: Option<Uplink>,
+    /// Identity of every pod address in the cluster (this node's and others').
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ipcache: Vec<IpCacheEntry>,
 }
 
 /// The MTU a node state gets when it names none.
@@ -47,12 +50,15 @@ pub struct Tables {
     pub mtu: u32,
     /// The node's uplink; `None` when the engine serves pods only.
     pub uplink: Option<Uplink>,
+    /// Peer address -> security identity.
+    pub ipcache: IpCache,
 }
 
 impl Tables {
     /// Builds the tables for a node state; refuses it whole when it conflicts.
     pub fn build(state: NodeState) -> Result<Tables, EndpointError> {
         let endpoints = EndpointTable::build(state.endpoints)?;
+        let ipcache = IpCache::build(&state.ipcache)?;
         if let Some(uplink) = &state.uplink {
             uplink.validate()?;
             if let Some(owner) = endpoints.by_ifindex(uplink.ifindex) {
@@ -80,6 +86,7 @@ impl Tables {
             endpoints,
             mtu: state.mtu,
             uplink: state.uplink,
+            ipcache,
         })
     }
 }
@@ -127,6 +134,7 @@ mod tests {
             endpoints: EndpointTable::default(),
             mtu: DEFAULT_MTU,
             uplink: None,
+            ipcache: IpCache::default(),
         }
     }
 

@@ -1,0 +1,255 @@
+//! Deltas between two node states: what the agent sends after the snapshot.
+//!
+//! [`diff_states`] and [`apply_changes`] are inverse: applying the diff of
+//! `a -> b` to `a` gives `b` (a property test checks it). Endpoints are keyed by
+//! their node-side interface name, ipcache entries by address.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+use sluice_tables::{Endpoint, Gateway, IpCacheEntry, NodeState, Uplink};
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Change {
+    SetGateway {
+        gateway: Gateway,
+    },
+    SetMtu {
+        mtu: u32,
+    },
+    SetUplink {
+        uplink: Option<Uplink>,
+    },
+    /// Adds the endpoint, or replaces the one on the same interface.
+    UpsertEndpoint {
+        endpoint: Endpoint,
+    },
+    RemoveEndpoint {
+        ifname: String,
+    },
+    /// Adds the entry, or replaces the one for the same address.
+    UpsertIpCache {
+        entry: IpCacheEntry,
+    },
+    RemoveIpCache {
+        ip: IpAddr,
+    },
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ChangeError {
+    #[error("change {index}: no endpoint on interface {ifname} to remove")]
+    NoSuchEndpoint { index: usize, ifname: String },
+    #[error("change {index}: no ipcache entry for {ip} to remove")]
+    NoSuchIpCacheEntry { index: usize, ip: IpAddr },
+}
+
+/// The changes that turn `from` into `to`, in a stable order (removals
+/// before additions, so an interface or address can change hands in one delta).
+pub fn diff_states(from: &NodeState, to: &NodeState) -> Vec<Change> {
+    let mut changes = Vec::new();
+    if from.gateway != to.gateway {
+        changes.push(Change::SetGateway {
+            gateway: to.gateway.clone(),
+        });
+    }
+    if from.mtu != to.mtu {
+        changes.push(Change::SetMtu { mtu: to.mtu });
+    }
+    if from.uplink != to.uplink {
+        changes.push(Change::SetUplink {
+            uplink: to.uplink.clone(),
+        });
+    }
+    let old: BTreeMap<&str, &Endpoint> = from
+        .endpoints
+        .iter()
+        .map(|e| (e.ifname.as_str(), e))
+        .collect();
+    let new: BTreeMap<&str, &Endpoint> = to
+        .endpoints
+        .iter()
+        .map(|e| (e.ifname.as_str(), e))
+        .collect();
+    for ifname in old.keys().filter(|k| !new.contains_key(*k)) {
+        changes.push(Change::RemoveEndpoint {
+            ifname: ifname.to_string(),
+        });
+    }
+    let old_ips: BTreeMap<IpAddr, u32> = from.ipcache.iter().map(|e| (e.ip, e.identity)).collect();
+    let new_ips: BTreeMap<IpAddr, u32> = to.ipcache.iter().map(|e| (e.ip, e.identity)).collect();
+    for ip in old_ips.keys().filter(|k| !new_ips.contains_key(*k)) {
+        changes.push(Change::RemoveIpCache { ip: *ip });
+    }
+    for (ifname, endpoint) in &new {
+        if old.get(ifname) != Some(endpoint) {
+            changes.push(Change::UpsertEndpoint {
+                endpoint: (*endpoint).clone(),
+            });
+        }
+    }
+    for (ip, identity) in &new_ips {
+        if old_ips.get(ip) != Some(identity) {
+            changes.push(Change::UpsertIpCache {
+                entry: IpCacheEntry {
+                    ip: *ip,
+                    identity: *identity,
+                },
+            });
+        }
+    }
+    changes
+}
+
+/// Applies `changes` to a copy of `state`; on error `state` is untouched.
+/// The result still has to pass `Tables::build` (address conflicts and so on).
+pub fn apply_changes(state: &NodeState, changes: &[Change]) -> Result<NodeState, ChangeError> {
+    let mut next = state.clone();
+    for (index, change) in changes.iter().enumerate() {
+        match change {
+            Change::SetGateway { gateway } => next.gateway = gateway.clone(),
+            Change::SetMtu { mtu } => next.mtu = *mtu,
+            Change::SetUplink { uplink } => next.uplink = uplink.clone(),
+            Change::UpsertEndpoint { endpoint } => {
+                match next
+                    .endpoints
+                    .iter_mut()
+                    .find(|e| e.ifname == endpoint.ifname)
+                {
+                    Some(slot) => *slot = endpoint.clone(),
+                    None => next.endpoints.push(endpoint.clone()),
+                }
+            }
+            Change::RemoveEndpoint { ifname } => {
+                let before = next.endpoints.len();
+                next.endpoints.retain(|e| &e.ifname != ifname);
+                if next.endpoints.len() == before {
+                    return Err(ChangeError::NoSuchEndpoint {
+                        index,
+                        ifname: ifname.clone(),
+                    });
+                }
+            }
+            Change::UpsertIpCache { entry } => {
+                match next.ipcache.iter_mut().find(|e| e.ip == entry.ip) {
+                    Some(slot) => *slot = entry.clone(),
+                    None => next.ipcache.push(entry.clone()),
+                }
+            }
+            Change::RemoveIpCache { ip } => {
+                let before = next.ipcache.len();
+                next.ipcache.retain(|e| &e.ip != ip);
+                if next.ipcache.len() == before {
+                    return Err(ChangeError::NoSuchIpCacheEntry { index, ip: *ip });
+                }
+            }
+        }
+    }
+    Ok(next)
+}
+
+/// Node states compared as the engine sees them: endpoint and ipcache order does not matter.
+pub fn same_state(a: &NodeState, b: &NodeState) -> bool {
+    diff_states(a, b).is_empty()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use sluice_tables::MacAddr;
+
+    fn gateway() -> Gateway {
+        Gateway {
+            mac: MacAddr([2, 0x53, 0x4c, 0, 0, 1]),
+            ipv4: "10.200.0.1".parse().unwrap(),
+            ipv6: "fe80::1".parse().unwrap(),
+        }
+    }
+
+    fn endpoint(i: u8, identity: u32) -> Endpoint {
+        Endpoint {
+            name: format!("default/pod{i}"),
+            ifindex: 100 + u32::from(i),
+            ifname: format!("lxc{i}"),
+            mac: MacAddr([2, 0, 0, 0, 0, i]),
+            ipv4: Some(std::net::Ipv4Addr::new(10, 200, 0, 10 + i)),
+            ipv6: None,
+            identity,
+        }
+    }
+
+    fn state(endpoints: &[(u8, u32)], ips: &[(u8, u32)], mtu: u32) -> NodeState {
+        NodeState {
+            gateway: gateway(),
+            endpoints: endpoints.iter().map(|&(i, id)| endpoint(i, id)).collect(),
+            mtu,
+            uplink: None,
+            ipcache: ips
+                .iter()
+                .map(|&(i, identity)| IpCacheEntry {
+                    ip: IpAddr::from([10, 201, 0, i]),
+                    identity,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_diff_names_only_what_changed() {
+        let a = state(&[(1, 256), (2, 257)], &[(1, 256)], 1500);
+        let b = state(&[(2, 300), (3, 257)], &[(1, 256), (2, 300)], 1500);
+        let changes = diff_states(&a, &b);
+        let text: Vec<String> = changes
+            .iter()
+            .map(|c| serde_json::to_string(c).unwrap())
+            .collect();
+        assert_eq!(changes.len(), 4, "{text:#?}");
+        assert!(matches!(&changes[0], Change::RemoveEndpoint { ifname } if ifname == "lxc1"));
+        assert!(same_state(&apply_changes(&a, &changes).unwrap(), &b));
+        assert!(diff_states(&b, &b).is_empty());
+    }
+
+    #[test]
+    fn removing_what_is_not_there_is_refused_and_the_state_is_kept() {
+        let a = state(&[(1, 256)], &[], 1500);
+        let changes = vec![
+            Change::SetMtu { mtu: 9000 },
+            Change::RemoveEndpoint {
+                ifname: "lxc9".into(),
+            },
+        ];
+        let err = apply_changes(&a, &changes).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "change 1: no endpoint on interface lxc9 to remove"
+        );
+        assert_eq!(a.mtu, 1500);
+    }
+
+    fn arb_state() -> impl Strategy<Value = NodeState> {
+        (
+            proptest::collection::btree_map(0u8..16, 256u32..260, 0..8),
+            proptest::collection::btree_map(0u8..16, 256u32..260, 0..8),
+            prop_oneof![Just(1500u32), Just(9000u32)],
+        )
+            .prop_map(|(eps, ips, mtu)| {
+                let eps: Vec<(u8, u32)> = eps.into_iter().collect();
+                let ips: Vec<(u8, u32)> = ips.into_iter().collect();
+                state(&eps, &ips, mtu)
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn applying_the_diff_gives_the_target(a in arb_state(), b in arb_state()) {
+            let changes = diff_states(&a, &b);
+            let got = apply_changes(&a, &changes).unwrap();
+            prop_assert!(same_state(&got, &b));
+            // And the diff is minimal enough to be empty between equal states.
+            prop_assert!(diff_states(&got, &b).is_empty());
+        }
+    }
+}

@@ -1,0 +1,18 @@
+//! The protocols between Sluice's processes, one definition for both ends.
+//!
+//! - [`engine`]: the agent feeds the engine its desired node state: a full
+//!   snapshot on connect, then deltas with generation numbers, each acked.
+//! - [`agent`]: the CNI plugin and the `sluice` CLI ask the agent (allocate,
+//!   register, release, status, lists).
+//!
+//! Both run over unix stream sockets as newline-delimited JSON ([`framing`]),
+//! so a person can read them with `socat`. Each starts with a version check; a
+//! mismatch is refused with a message naming both versions.
+
+pub mod agent;
+pub mod changes;
+pub mod engine;
+pub mod framing;
+
+pub use changes::{apply_changes, diff_states, Change, ChangeError};
+pub use framing::{read_message, write_message, FramingError, MAX_MESSAGE_BYTES};

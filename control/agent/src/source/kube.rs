@@ -1,0 +1,1 @@
+//! The Kubernetes source (kube-rs watchers). Written by the kube-source work.
