@@ -85,6 +85,8 @@ pub struct CiliumPolicy {
 }
 
 /// One object of a watched kind.
+// Objects live in the store, not on hot paths; boxing each would only add noise.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq)]
 pub enum Object {
     Namespace(Namespace),
