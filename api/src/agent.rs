@@ -24,6 +24,24 @@ pub struct Attachment {
     pub ifname: String,
 }
 
+/// The name of the node-side veth of `attachment`: `lxc` and the first 11 hex
+/// digits of the FNV-1a-64 hash of `container_id/ifname` (14 characters, within
+/// Linux's 15). The CNI plugin derives it too, so DEL finds the veth without
+/// the agent.
+pub fn host_ifname(attachment: &Attachment) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let key = [
+        attachment.container_id.as_bytes(),
+        b"/",
+        attachment.ifname.as_bytes(),
+    ];
+    for byte in key.into_iter().flatten() {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("lxc{:016x}", hash)[..14].to_string()
+}
+
 /// The Kubernetes pod behind a container, from CNI_ARGS
 /// (`K8S_POD_NAMESPACE`, `K8S_POD_NAME`), when the runtime says.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -205,6 +223,24 @@ pub struct IdentityInfo {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_ifname_is_stable_short_and_per_attachment() {
+        let a = |c: &str, i: &str| Attachment {
+            container_id: c.into(),
+            ifname: i.into(),
+        };
+        // Pinned (computed independently) so the agent and the plugin never drift apart.
+        let name = host_ifname(&a("c1", "eth0"));
+        assert_eq!(name, "lxc9e27a0abdbb");
+        assert_eq!(name, host_ifname(&a("c1", "eth0")));
+        assert_eq!(name.len(), 14);
+        assert!(name.starts_with("lxc"));
+        assert!(name[3..].chars().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(name, host_ifname(&a("c1", "eth1")));
+        assert_ne!(name, host_ifname(&a("c2", "eth0")));
+        assert_eq!(host_ifname(&a("", "")), "lxcaf63a24c860");
+    }
 
     #[test]
     fn requests_carry_the_version_beside_the_tag() {

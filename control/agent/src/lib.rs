@@ -2,8 +2,19 @@
 //! the engine's desired node state, keeps the engine in sync over the engine
 //! API, and serves the CNI plugin and the CLI on its own socket.
 //!
-//! Layers, one way: `source` -> `store` -> `desired` (pure) -> `engine_client`.
+//! Layers, one way: `source` -> `store` -> `desired` (pure, with `labels`,
+//! `identity`, `ipam`, `attachments`) -> `core` -> `engine_client` / `server`.
 
+pub mod attachments;
+pub mod core;
+pub mod desired;
+pub mod engine_client;
+pub mod identity;
+pub mod ipam;
+pub mod labels;
 pub mod objects;
+pub mod persist;
+pub mod run;
+pub mod server;
 pub mod source;
 pub mod store;

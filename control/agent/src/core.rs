@@ -1,0 +1,147 @@
+//! The agent's shared state: the store, this node's attachments and
+//! identities, and the latest desired state with its generation. The source
+//! writes the store, the CNI server writes attachments, the engine client
+//! reads the desired state; [`AgentCore::recompute`] ties them together.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use sluice_api::changes::same_state;
+use tokio::sync::watch;
+
+use crate::attachments::Attachments;
+use crate::desired::{self, Desired, NodeConfig};
+use crate::identity::IdentityAllocator;
+use crate::store::StoreHandle;
+
+/// One computed desired state and its generation number.
+#[derive(Clone, Debug)]
+pub struct Generation {
+    pub number: u64,
+    pub desired: Arc<Desired>,
+}
+
+/// What the agent knows of the engine connection.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EngineView {
+    pub connected: bool,
+    pub engine: Option<String>,
+    pub acked_generation: u64,
+    /// The engine's reason, when it refused the latest generation sent.
+    pub refusal: Option<String>,
+}
+
+#[derive(Debug)]
+pub struct AgentCore {
+    pub config: NodeConfig,
+    pub source: String,
+    pub store: StoreHandle,
+    attachments: Mutex<Attachments>,
+    identities: Mutex<IdentityAllocator>,
+    desired: watch::Sender<Generation>,
+    engine: watch::Sender<EngineView>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl AgentCore {
+    pub fn new(
+        config: NodeConfig,
+        source: String,
+        store: StoreHandle,
+        attachments: Attachments,
+        identities: IdentityAllocator,
+    ) -> Arc<AgentCore> {
+        let first = desired::compute(&store.snapshot(), &attachments, &config, &identities);
+        Arc::new(AgentCore {
+            config,
+            source,
+            store,
+            attachments: Mutex::new(attachments),
+            identities: Mutex::new(identities),
+            desired: watch::Sender::new(Generation {
+                number: 0,
+                desired: Arc::new(first),
+            }),
+            engine: watch::Sender::new(EngineView::default()),
+        })
+    }
+
+    pub fn attachments(&self) -> MutexGuard<'_, Attachments> {
+        lock(&self.attachments)
+    }
+
+    /// Recomputes the desired state; a new generation is published only when
+    /// something changed. Returns the current generation number.
+    pub fn recompute(&self) -> u64 {
+        let store = self.store.snapshot();
+        let next = {
+            let attachments = lock(&self.attachments);
+            let mut ids = lock(&self.identities);
+            match desired::resolve(&store, &attachments, &self.config, &mut ids) {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::error!("{e}");
+                    desired::compute(&store, &attachments, &self.config, &ids)
+                }
+            }
+        };
+        let mut number = 0;
+        self.desired.send_if_modified(|current| {
+            let changed =
+                !same_state(&current.desired.state, &next.state) || *current.desired != next;
+            if changed {
+                let engine_changed = !same_state(&current.desired.state, &next.state);
+                if engine_changed || current.number == 0 {
+                    current.number += 1;
+                }
+                current.desired = Arc::new(next);
+            }
+            number = current.number;
+            changed
+        });
+        number
+    }
+
+    /// Makes sure the next generation is above `floor` (what a reconnecting
+    /// engine already applied), so generations keep increasing across agent restarts.
+    pub fn raise_generation_above(&self, floor: u64) {
+        self.desired.send_if_modified(|current| {
+            if current.number <= floor {
+                current.number = floor + 1;
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    pub fn current(&self) -> Generation {
+        self.desired.borrow().clone()
+    }
+
+    pub fn subscribe_desired(&self) -> watch::Receiver<Generation> {
+        self.desired.subscribe()
+    }
+
+    pub fn engine_view(&self) -> EngineView {
+        self.engine.borrow().clone()
+    }
+
+    pub fn update_engine(&self, change: impl FnOnce(&mut EngineView)) {
+        self.engine.send_modify(change);
+    }
+
+    /// Waits until the engine acked `generation` or later; false on timeout.
+    pub async fn wait_acked(&self, generation: u64, timeout: Duration) -> bool {
+        let mut rx = self.engine.subscribe();
+        let result = tokio::time::timeout(
+            timeout,
+            rx.wait_for(|v| v.connected && v.acked_generation >= generation),
+        )
+        .await;
+        matches!(result, Ok(Ok(_)))
+    }
+}

@@ -1,0 +1,397 @@
+//! Desired state: pure functions from what the agent knows (the object
+//! store, this node's CNI attachments, its configuration) to the engine's
+//! node state and the identities behind it. Golden-tested (tests/golden.rs):
+//! manifests in, [`Desired::dump`] out.
+//!
+//! Identity numbers come from the [`IdentityAllocator`]; [`resolve`] first
+//! allocates what is missing (the only effect), then [`compute`] is pure.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::net::{IpAddr, Ipv4Addr};
+
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use sluice_api::agent::{EndpointInfo, IdentityInfo};
+use sluice_tables::{Cidr, Endpoint, Gateway, IpCacheEntry, MacAddr, NodeState, Uplink};
+
+use crate::attachments::{AttachmentRecord, Attachments, PodCidrs};
+use crate::identity::{self, IdentitiesExhausted, IdentityAllocator};
+use crate::ipam::{gateway_ipv4, GATEWAY_IPV6};
+use crate::labels::{pod_identity_labels, LabelSet};
+use crate::objects::{Kind, Object};
+use crate::store::Store;
+
+/// This node's settings that do not come from the cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeConfig {
+    pub node_name: String,
+    /// `io.cilium.k8s.policy.cluster`.
+    pub cluster_name: String,
+    /// The MAC the engine answers with for the pods' gateway.
+    pub gateway_mac: MacAddr,
+    /// IP MTU of pod interfaces.
+    pub mtu: u32,
+    /// Pod CIDRs when the Node object names none (standalone mode).
+    pub pod_cidrs: Vec<Cidr>,
+    /// The node's uplink as the engine should use it, if any.
+    pub uplink: Option<Uplink>,
+}
+
+/// Everything computed for one generation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Desired {
+    pub state: NodeState,
+    pub pod_cidrs: PodCidrs,
+    pub endpoints: Vec<EndpointInfo>,
+    pub identities: Vec<IdentityInfo>,
+    /// Conflicts found while computing (each names the objects involved).
+    pub errors: Vec<String>,
+}
+
+/// This node's pod CIDRs: the Node object's `spec.podCIDRs` (or `podCIDR`),
+/// else the configured ones.
+pub fn pod_cidrs(store: &Store, config: &NodeConfig) -> PodCidrs {
+    let from_node: Vec<Cidr> = match store.get(Kind::Node, "", &config.node_name) {
+        Some(Object::Node(node)) => node_pod_cidrs(node),
+        _ => Vec::new(),
+    };
+    if from_node.is_empty() {
+        PodCidrs::from_list(&config.pod_cidrs)
+    } else {
+        PodCidrs::from_list(&from_node)
+    }
+}
+
+fn node_pod_cidrs(node: &Node) -> Vec<Cidr> {
+    let Some(spec) = &node.spec else {
+        return Vec::new();
+    };
+    let list: Vec<&String> = match &spec.pod_cidrs {
+        Some(list) if !list.is_empty() => list.iter().collect(),
+        _ => spec.pod_cidr.iter().collect(),
+    };
+    list.into_iter().filter_map(|s| Cidr::parse(s)).collect()
+}
+
+fn namespace<'a>(store: &'a Store, name: &str) -> Option<&'a Namespace> {
+    match store.get(Kind::Namespace, "", name) {
+        Some(Object::Namespace(ns)) => Some(ns),
+        _ => None,
+    }
+}
+
+fn pod_labels(store: &Store, pod: &Pod, config: &NodeConfig) -> LabelSet {
+    let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
+    pod_identity_labels(pod, namespace(store, ns), &config.cluster_name)
+}
+
+/// The labels of a local endpoint: its pod's, or `None` while the pod is not
+/// (yet) known; such endpoints carry `reserved:init`, as in Cilium.
+fn attachment_labels(
+    store: &Store,
+    record: &AttachmentRecord,
+    config: &NodeConfig,
+) -> Option<LabelSet> {
+    let pod_ref = record.pod.as_ref()?;
+    match store.get(Kind::Pod, &pod_ref.namespace, &pod_ref.name) {
+        Some(Object::Pod(pod)) => Some(pod_labels(store, pod, config)),
+        _ => None,
+    }
+}
+
+/// Pods whose addresses belong in the ipcache: those with IPs, not on the
+/// host network, not finished.
+fn addressed_pods(store: &Store) -> impl Iterator<Item = (&Pod, Vec<IpAddr>)> {
+    store.of_kind(Kind::Pod).filter_map(|o| {
+        let Object::Pod(pod) = o else { return None };
+        if pod.spec.as_ref().and_then(|s| s.host_network) == Some(true) {
+            return None;
+        }
+        let status = pod.status.as_ref()?;
+        if matches!(status.phase.as_deref(), Some("Succeeded") | Some("Failed")) {
+            return None;
+        }
+        let mut ips: Vec<IpAddr> = status
+            .pod_ips
+            .iter()
+            .flatten()
+            .filter_map(|p| p.ip.parse().ok())
+            .collect();
+        if ips.is_empty() {
+            ips.extend(
+                status
+                    .pod_ip
+                    .as_deref()
+                    .and_then(|s| s.parse::<IpAddr>().ok()),
+            );
+        }
+        (!ips.is_empty()).then_some((pod, ips))
+    })
+}
+
+/// Every label set the desired state needs a number for.
+pub fn needed_label_sets(
+    store: &Store,
+    attachments: &Attachments,
+    config: &NodeConfig,
+) -> BTreeSet<LabelSet> {
+    let mut sets: BTreeSet<LabelSet> = attachments
+        .iter()
+        .filter_map(|r| attachment_labels(store, r, config))
+        .collect();
+    sets.extend(addressed_pods(store).map(|(pod, _)| pod_labels(store, pod, config)));
+    sets
+}
+
+/// Allocates identities for new label sets (saving the allocator when it
+/// changed), then computes the desired state.
+pub fn resolve(
+    store: &Store,
+    attachments: &Attachments,
+    config: &NodeConfig,
+    ids: &mut IdentityAllocator,
+) -> Result<Desired, IdentitiesExhausted> {
+    let mut changed = false;
+    for set in needed_label_sets(store, attachments, config) {
+        changed |= ids.assign(&set)?.1;
+    }
+    if changed {
+        if let Err(e) = ids.save() {
+            tracing::error!("saving identities: {e:#}");
+        }
+    }
+    Ok(compute(store, attachments, config, ids))
+}
+
+/// The desired state; every label set must already have a number in `ids`
+/// (those without one get `reserved:init`).
+pub fn compute(
+    store: &Store,
+    attachments: &Attachments,
+    config: &NodeConfig,
+    ids: &IdentityAllocator,
+) -> Desired {
+    let cidrs = pod_cidrs(store, config);
+    let mut errors = Vec::new();
+    let mut endpoints = Vec::new();
+    let mut infos = Vec::new();
+    // ip -> (identity, owner) ; local endpoints first, they win.
+    let mut ipcache: BTreeMap<IpAddr, (u32, String)> = BTreeMap::new();
+    let mut usage: BTreeMap<u32, (usize, usize)> = BTreeMap::new();
+
+    for record in attachments.iter() {
+        let labels = attachment_labels(store, record, config);
+        let identity = labels
+            .as_ref()
+            .and_then(|l| ids.get(l))
+            .unwrap_or(identity::INIT);
+        let name = record.name();
+        let registered = record.registered.as_ref();
+        if let Some(reg) = registered {
+            endpoints.push(Endpoint {
+                name: name.clone(),
+                ifindex: reg.host_ifindex,
+                ifname: reg.host_ifname.clone(),
+                mac: reg.container_mac,
+                ipv4: record.ipv4,
+                ipv6: record.ipv6,
+                identity,
+            });
+            usage.entry(identity).or_default().0 += 1;
+            for ip in record
+                .ipv4
+                .map(IpAddr::V4)
+                .into_iter()
+                .chain(record.ipv6.map(IpAddr::V6))
+            {
+                ipcache.insert(ip, (identity, name.clone()));
+            }
+        }
+        infos.push(EndpointInfo {
+            name,
+            attachment: record.attachment.clone(),
+            netns: record.netns.clone(),
+            host_ifname: registered.map(|r| r.host_ifname.clone()),
+            host_ifindex: registered.map(|r| r.host_ifindex),
+            ipv4: record.ipv4.map(IpAddr::V4),
+            ipv6: record.ipv6.map(IpAddr::V6),
+            identity,
+            labels: labels
+                .map(|l| l.into_iter().collect())
+                .unwrap_or_else(|| vec!["reserved:init".into()]),
+            state: if registered.is_some() {
+                "ready".into()
+            } else {
+                "allocated".into()
+            },
+        });
+    }
+
+    for (pod, ips) in addressed_pods(store) {
+        let key = format!(
+            "{}/{}",
+            pod.metadata.namespace.as_deref().unwrap_or("default"),
+            pod.metadata.name.as_deref().unwrap_or_default()
+        );
+        let identity = ids
+            .get(&pod_labels(store, pod, config))
+            .unwrap_or(identity::INIT);
+        for ip in ips {
+            match ipcache.get(&ip) {
+                Some((_, owner)) if owner == &key => {}
+                Some((_, owner)) => errors.push(format!(
+                    "Pod {key}: address {ip} is already used by {owner}; ignored"
+                )),
+                None => {
+                    ipcache.insert(ip, (identity, key.clone()));
+                }
+            }
+        }
+    }
+
+    for object in store.of_kind(Kind::Node) {
+        let Object::Node(node) = object else { continue };
+        let name = node.metadata.name.clone().unwrap_or_default();
+        let identity = if name == config.node_name {
+            identity::HOST
+        } else {
+            identity::REMOTE_NODE
+        };
+        let addresses = node
+            .status
+            .iter()
+            .flat_map(|s| s.addresses.iter().flatten());
+        for addr in addresses.filter(|a| a.type_ == "InternalIP") {
+            let Ok(ip) = addr.address.parse::<IpAddr>() else {
+                errors.push(format!(
+                    "Node {name}: status.addresses: {:?} is not an IP address",
+                    addr.address
+                ));
+                continue;
+            };
+            if let Some((_, owner)) = ipcache.get(&ip) {
+                errors.push(format!(
+                    "Node {name}: address {ip} is already used by {owner}; ignored"
+                ));
+                continue;
+            }
+            ipcache.insert(ip, (identity, format!("node/{name}")));
+        }
+    }
+
+    for (identity, _) in ipcache.values() {
+        usage.entry(*identity).or_default().1 += 1;
+    }
+    let mut identities: Vec<IdentityInfo> = identity::RESERVED
+        .iter()
+        .map(|(id, name)| IdentityInfo {
+            id: *id,
+            labels: vec![format!("reserved:{name}")],
+            reserved: true,
+            endpoints: usage.get(id).map_or(0, |u| u.0),
+            ips: usage.get(id).map_or(0, |u| u.1),
+        })
+        .collect();
+    identities.extend(ids.all().into_iter().map(|(id, labels)| IdentityInfo {
+        id,
+        labels,
+        reserved: false,
+        endpoints: usage.get(&id).map_or(0, |u| u.0),
+        ips: usage.get(&id).map_or(0, |u| u.1),
+    }));
+
+    let gateway = Gateway {
+        mac: config.gateway_mac,
+        ipv4: cidrs
+            .ipv4
+            .as_ref()
+            .and_then(gateway_ipv4)
+            .unwrap_or(Ipv4Addr::UNSPECIFIED),
+        ipv6: GATEWAY_IPV6,
+    };
+    let mut uplink = config.uplink.clone();
+    if let Some(u) = uplink.as_mut() {
+        u.pod_cidrs = cidrs.list();
+    }
+    Desired {
+        state: NodeState {
+            gateway,
+            endpoints,
+            mtu: config.mtu,
+            uplink,
+            ipcache: ipcache
+                .into_iter()
+                .map(|(ip, (identity, _))| IpCacheEntry { ip, identity })
+                .collect(),
+        },
+        pod_cidrs: cidrs,
+        endpoints: infos,
+        identities,
+        errors,
+    }
+}
+
+impl Desired {
+    /// A stable text form for golden tests and `sluice-agent --dump`.
+    pub fn dump(&self) -> String {
+        let mut out = String::new();
+        let s = &self.state;
+        let cidrs: Vec<String> = self
+            .pod_cidrs
+            .list()
+            .iter()
+            .map(|c| c.to_string())
+            .collect();
+        let _ = writeln!(out, "pod-cidrs {}", cidrs.join(" "));
+        let _ = writeln!(
+            out,
+            "gateway mac={} ipv4={} ipv6={}",
+            s.gateway.mac, s.gateway.ipv4, s.gateway.ipv6
+        );
+        let _ = writeln!(out, "mtu {}", s.mtu);
+        if let Some(u) = &s.uplink {
+            let c: Vec<String> = u.pod_cidrs.iter().map(|c| c.to_string()).collect();
+            let _ = writeln!(
+                out,
+                "uplink {} ifindex={} cidrs={}",
+                u.ifname,
+                u.ifindex,
+                c.join(",")
+            );
+        }
+        for id in self
+            .identities
+            .iter()
+            .filter(|i| !i.reserved || i.endpoints + i.ips > 0)
+        {
+            let _ = writeln!(
+                out,
+                "identity {} endpoints={} ips={} {}",
+                id.id,
+                id.endpoints,
+                id.ips,
+                id.labels.join(" ")
+            );
+        }
+        for e in &self.endpoints {
+            let opt = |ip: Option<IpAddr>| ip.map_or("-".to_string(), |ip| ip.to_string());
+            let _ = writeln!(
+                out,
+                "endpoint {} {} ipv4={} ipv6={} identity={} host-if={}",
+                e.name,
+                e.state,
+                opt(e.ipv4),
+                opt(e.ipv6),
+                e.identity,
+                e.host_ifname.as_deref().unwrap_or("-")
+            );
+        }
+        for entry in &s.ipcache {
+            let _ = writeln!(out, "ipcache {} {}", entry.ip, entry.identity);
+        }
+        for e in &self.errors {
+            let _ = writeln!(out, "error {e}");
+        }
+        out
+    }
+}

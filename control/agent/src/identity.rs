@@ -1,0 +1,168 @@
+//! Security identities: Cilium's reserved numbers and the allocator for
+//! label-derived ones, persisted so numbers survive agent restarts.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::labels::LabelSet;
+use crate::persist;
+
+/// Cilium's reserved identities (pkg/identity/numericidentity.go), in order.
+pub const RESERVED: [(u32, &str); 10] = [
+    (1, "host"),
+    (2, "world"),
+    (3, "unmanaged"),
+    (4, "health"),
+    (5, "init"),
+    (6, "remote-node"),
+    (7, "kube-apiserver"),
+    (8, "ingress"),
+    (9, "world-ipv4"),
+    (10, "world-ipv6"),
+];
+
+pub const HOST: u32 = 1;
+pub const WORLD: u32 = 2;
+pub const INIT: u32 = 5;
+pub const REMOTE_NODE: u32 = 6;
+
+/// First and last number of cluster-local, label-derived identities (Cilium's
+/// CRD-mode range).
+pub const FIRST_ALLOCATED: u32 = 256;
+pub const LAST_ALLOCATED: u32 = 65535;
+
+/// The key of a label set: its labels joined by `;` in sorted order.
+pub fn key_of(labels: &LabelSet) -> String {
+    labels.iter().cloned().collect::<Vec<_>>().join(";")
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("identity space {FIRST_ALLOCATED}-{LAST_ALLOCATED} is exhausted")]
+pub struct IdentitiesExhausted;
+
+/// Label set -> number, for numbers from [`FIRST_ALLOCATED`]. A label set keeps
+/// its number for as long as the state file lives, so restarts and relists
+/// never renumber an endpoint.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct IdentityAllocator {
+    by_labels: BTreeMap<String, u32>,
+    #[serde(skip)]
+    path: Option<PathBuf>,
+}
+
+impl IdentityAllocator {
+    /// An allocator that lives only in memory (golden tests, benchmarks).
+    pub fn in_memory() -> IdentityAllocator {
+        IdentityAllocator::default()
+    }
+
+    /// Loads the allocations from `path` (empty when the file does not exist).
+    pub fn open(path: PathBuf) -> anyhow::Result<IdentityAllocator> {
+        let mut allocator: IdentityAllocator = persist::load(&path)?;
+        allocator.path = Some(path);
+        Ok(allocator)
+    }
+
+    /// The number for `labels`, allocating the lowest free one if it is new.
+    /// Returns whether anything was allocated (the caller then saves).
+    pub fn assign(&mut self, labels: &LabelSet) -> Result<(u32, bool), IdentitiesExhausted> {
+        let key = key_of(labels);
+        if let Some(id) = self.by_labels.get(&key) {
+            return Ok((*id, false));
+        }
+        let used: std::collections::BTreeSet<u32> = self.by_labels.values().copied().collect();
+        let id = (FIRST_ALLOCATED..=LAST_ALLOCATED)
+            .find(|n| !used.contains(n))
+            .ok_or(IdentitiesExhausted)?;
+        self.by_labels.insert(key, id);
+        Ok((id, true))
+    }
+
+    pub fn get(&self, labels: &LabelSet) -> Option<u32> {
+        self.by_labels.get(&key_of(labels)).copied()
+    }
+
+    /// Every allocated identity with its labels, by number.
+    pub fn all(&self) -> Vec<(u32, Vec<String>)> {
+        let mut out: Vec<(u32, Vec<String>)> = self
+            .by_labels
+            .iter()
+            .map(|(k, id)| (*id, k.split(';').map(str::to_string).collect()))
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Writes the allocations to the state file (no-op in memory).
+    pub fn save(&self) -> anyhow::Result<()> {
+        match &self.path {
+            Some(path) => persist::store(path, self),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The labels of a reserved identity: `reserved:<name>`.
+pub fn reserved_labels(id: u32) -> Option<String> {
+    RESERVED
+        .iter()
+        .find(|(n, _)| *n == id)
+        .map(|(_, name)| format!("reserved:{name}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(labels: &[&str]) -> LabelSet {
+        labels.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn reserved_numbers_match_cilium() {
+        let names: Vec<&str> = RESERVED.iter().map(|(_, n)| *n).collect();
+        assert_eq!(
+            names,
+            [
+                "host",
+                "world",
+                "unmanaged",
+                "health",
+                "init",
+                "remote-node",
+                "kube-apiserver",
+                "ingress",
+                "world-ipv4",
+                "world-ipv6"
+            ]
+        );
+        assert!(RESERVED
+            .iter()
+            .enumerate()
+            .all(|(i, (n, _))| *n == i as u32 + 1));
+        assert_eq!(reserved_labels(6).as_deref(), Some("reserved:remote-node"));
+        assert_eq!(reserved_labels(11), None);
+    }
+
+    #[test]
+    fn numbers_are_stable_and_survive_a_restart() {
+        let dir = std::env::temp_dir().join(format!("sluice-id-{}", std::process::id()));
+        let path = dir.join("identities.json");
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut a = IdentityAllocator::open(path.clone()).unwrap();
+        let web = set(&["k8s:app=web"]);
+        let db = set(&["k8s:app=db"]);
+        assert_eq!(a.assign(&web).unwrap(), (256, true));
+        assert_eq!(a.assign(&db).unwrap(), (257, true));
+        assert_eq!(a.assign(&web).unwrap(), (256, false));
+        a.save().unwrap();
+        let mut b = IdentityAllocator::open(path).unwrap();
+        // Asked in the other order after the restart: same numbers.
+        assert_eq!(b.assign(&db).unwrap(), (257, false));
+        assert_eq!(b.assign(&web).unwrap(), (256, false));
+        assert_eq!(b.assign(&set(&["k8s:app=x"])).unwrap(), (258, true));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

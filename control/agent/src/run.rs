@@ -1,0 +1,206 @@
+//! Starting the agent: configuration, state directory, source, engine
+//! client and socket server, until SIGINT/SIGTERM.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use sluice_tables::{Cidr, MacAddr, Uplink};
+
+use crate::attachments::Attachments;
+use crate::core::AgentCore;
+use crate::desired::NodeConfig;
+use crate::identity::IdentityAllocator;
+use crate::source::{manifests::ManifestSource, Source};
+use crate::store::StoreHandle;
+
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "sluice-agent",
+    about = "Sluice control process: cluster -> engine tables"
+)]
+pub struct AgentArgs {
+    /// Standalone mode: a directory of Kubernetes manifests, watched for changes.
+    #[arg(long, conflicts_with = "kubernetes")]
+    pub manifests: Option<PathBuf>,
+    /// Kubernetes mode: watch the API (in-cluster config, or --kubeconfig / KUBECONFIG).
+    #[arg(long)]
+    pub kubernetes: bool,
+    #[arg(long, env = "KUBECONFIG", requires = "kubernetes")]
+    pub kubeconfig: Option<PathBuf>,
+    /// This node's name (the Node object whose podCIDRs to use).
+    #[arg(long, env = "SLUICE_NODE_NAME")]
+    pub node_name: Option<String>,
+    /// io.cilium.k8s.policy.cluster of every identity.
+    #[arg(long, default_value = "default")]
+    pub cluster_name: String,
+    /// Pod CIDRs when the Node object names none (one per family).
+    #[arg(long = "pod-cidr", value_parser = parse_cidr)]
+    pub pod_cidrs: Vec<Cidr>,
+    /// MAC the engine answers with as the pods' gateway.
+    #[arg(long, default_value = "02:53:4c:00:00:01", value_parser = parse_mac)]
+    pub gateway_mac: MacAddr,
+    #[arg(long, default_value_t = sluice_tables::DEFAULT_MTU)]
+    pub mtu: u32,
+    /// The node's uplink interface (in the agent's network namespace), if the
+    /// engine also carries traffic to and from outside.
+    #[arg(long)]
+    pub uplink: Option<String>,
+    /// MAC of the next router on the uplink.
+    #[arg(long, value_parser = parse_mac, requires = "uplink")]
+    pub uplink_next_hop_mac: Option<MacAddr>,
+    /// The engine's API socket.
+    #[arg(long, default_value = "/run/sluice/engine-api.sock")]
+    pub engine_socket: PathBuf,
+    /// The agent's own socket (CNI plugin and CLI).
+    #[arg(long, default_value = "/run/sluice/agent.sock")]
+    pub socket: PathBuf,
+    /// Where identities and attachments are kept across restarts.
+    #[arg(long, default_value = "/var/lib/sluice")]
+    pub state_dir: PathBuf,
+}
+
+fn parse_cidr(text: &str) -> Result<Cidr, String> {
+    Cidr::parse(text).ok_or_else(|| format!("{text:?} is not a CIDR like 10.200.0.0/24"))
+}
+
+fn parse_mac(text: &str) -> Result<MacAddr, String> {
+    MacAddr::parse(text).ok_or_else(|| format!("{text:?} is not a MAC like 02:00:00:00:00:01"))
+}
+
+fn read_sys(ifname: &str, file: &str) -> anyhow::Result<String> {
+    let path = format!("/sys/class/net/{ifname}/{file}");
+    Ok(std::fs::read_to_string(&path)
+        .with_context(|| format!("--uplink {ifname}: read {path}"))?
+        .trim()
+        .to_string())
+}
+
+fn uplink(args: &AgentArgs) -> anyhow::Result<Option<Uplink>> {
+    let Some(ifname) = &args.uplink else {
+        return Ok(None);
+    };
+    let Some(next_hop_mac) = args.uplink_next_hop_mac else {
+        bail!("--uplink needs --uplink-next-hop-mac");
+    };
+    let ifindex: u32 = read_sys(ifname, "ifindex")?
+        .parse()
+        .context("uplink ifindex")?;
+    let mac_text = read_sys(ifname, "address")?;
+    let mac = MacAddr::parse(&mac_text)
+        .with_context(|| format!("--uplink {ifname}: MAC {mac_text:?}"))?;
+    Ok(Some(Uplink {
+        ifname: ifname.clone(),
+        ifindex,
+        mac,
+        next_hop_mac,
+        pod_cidrs: Vec::new(),
+    }))
+}
+
+pub fn node_config(args: &AgentArgs) -> anyhow::Result<NodeConfig> {
+    let node_name = match &args.node_name {
+        Some(n) => n.clone(),
+        None => nix_hostname()?,
+    };
+    Ok(NodeConfig {
+        node_name,
+        cluster_name: args.cluster_name.clone(),
+        gateway_mac: args.gateway_mac,
+        mtu: args.mtu,
+        pod_cidrs: args.pod_cidrs.clone(),
+        uplink: uplink(args)?,
+    })
+}
+
+fn nix_hostname() -> anyhow::Result<String> {
+    Ok(std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .context("read the hostname for --node-name")?
+        .trim()
+        .to_string())
+}
+
+// TEMPORARY until source/kube.rs lands.
+async fn kube_source(_args: &AgentArgs) -> anyhow::Result<Box<dyn Source>> {
+    bail!("kubernetes source not wired yet")
+}
+
+/// Runs the agent until SIGINT or SIGTERM.
+pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
+    let config = node_config(&args)?;
+    let source: Box<dyn Source> = match (&args.manifests, args.kubernetes) {
+        (Some(dir), false) => {
+            if !dir.is_dir() {
+                bail!("--manifests {}: not a directory", dir.display());
+            }
+            Box::new(ManifestSource::new(dir.clone()))
+        }
+        (None, true) => kube_source(&args).await?,
+        _ => bail!("give either --manifests <dir> (standalone) or --kubernetes"),
+    };
+    std::fs::create_dir_all(&args.state_dir)
+        .with_context(|| format!("create state directory {}", args.state_dir.display()))?;
+    let attachments = Attachments::open(args.state_dir.join("attachments.json"))?;
+    let identities = IdentityAllocator::open(args.state_dir.join("identities.json"))?;
+    let store = StoreHandle::new();
+    let core = AgentCore::new(
+        config,
+        source.describe(),
+        store.clone(),
+        attachments,
+        identities,
+    );
+    let agent_name = format!(
+        "sluice-agent {} {}",
+        env!("CARGO_PKG_VERSION"),
+        core.config.node_name
+    );
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let source_task = tokio::spawn(source.run(store.clone(), stop_rx));
+    let server = crate::server::serve(core.clone(), &args.socket).await?;
+    let engine = tokio::spawn(crate::engine_client::run(
+        core.clone(),
+        args.engine_socket.clone(),
+        agent_name,
+    ));
+    let recompute = {
+        let core = core.clone();
+        let mut revisions = store.subscribe();
+        tokio::spawn(async move {
+            core.recompute();
+            while revisions.changed().await.is_ok() {
+                core.recompute();
+            }
+        })
+    };
+    tracing::info!(
+        node = %core.config.node_name,
+        source = %core.source,
+        socket = %args.socket.display(),
+        engine = %args.engine_socket.display(),
+        "agent ready"
+    );
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+        result = source_task => {
+            match result {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(e.context("source stopped")),
+                Err(e) => bail!("source task failed: {e}"),
+            }
+        }
+    }
+    tracing::info!("stopping");
+    let _ = stop_tx.send(true);
+    server.abort();
+    engine.abort();
+    recompute.abort();
+    let _ = std::fs::remove_file(&args.socket);
+    let _: Arc<AgentCore> = core;
+    Ok(())
+}
