@@ -151,9 +151,10 @@ pub fn resolve(
     config: &NodeConfig,
     ids: &mut IdentityAllocator,
 ) -> Result<Desired, IdentitiesExhausted> {
-    let mut changed = false;
-    for set in needed_label_sets(store, attachments, config) {
-        changed |= ids.assign(&set)?.1;
+    let needed = needed_label_sets(store, attachments, config);
+    let mut changed = ids.retain_used(&needed);
+    for set in &needed {
+        changed |= ids.assign(set)?.1;
     }
     if changed {
         if let Err(e) = ids.save() {

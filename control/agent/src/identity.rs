@@ -80,6 +80,16 @@ impl IdentityAllocator {
         Ok((id, true))
     }
 
+    /// Releases the numbers of label sets no longer in use (Cilium's identity
+    /// GC); returns whether anything was released. A label set that comes back
+    /// later gets the lowest free number again, possibly a different one.
+    pub fn retain_used(&mut self, used: &std::collections::BTreeSet<LabelSet>) -> bool {
+        let keys: std::collections::BTreeSet<String> = used.iter().map(key_of).collect();
+        let before = self.by_labels.len();
+        self.by_labels.retain(|k, _| keys.contains(k));
+        self.by_labels.len() != before
+    }
+
     pub fn get(&self, labels: &LabelSet) -> Option<u32> {
         self.by_labels.get(&key_of(labels)).copied()
     }
@@ -163,6 +173,12 @@ mod tests {
         assert_eq!(b.assign(&db).unwrap(), (257, false));
         assert_eq!(b.assign(&web).unwrap(), (256, false));
         assert_eq!(b.assign(&set(&["k8s:app=x"])).unwrap(), (258, true));
+        // Unused label sets are released; the others keep their numbers.
+        let used = [web.clone(), set(&["k8s:app=x"])].into_iter().collect();
+        assert!(b.retain_used(&used));
+        assert_eq!(b.get(&db), None);
+        assert_eq!(b.get(&web), Some(256));
+        assert_eq!(b.assign(&set(&["k8s:app=y"])).unwrap(), (257, true));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

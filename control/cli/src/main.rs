@@ -1,5 +1,7 @@
-//! `sluice`: the command line for people. Today it reads the engine's stats
-//! socket; status, observe, services and policy come with the agent.
+//! `sluice`: the command line for people. Engine counters come from the
+//! engine's stats socket; status, endpoints and identities from the agent.
+
+mod agent;
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -20,6 +22,13 @@ struct Cli {
         default_value = "/run/sluice/engine.sock"
     )]
     engine_socket: PathBuf,
+    /// The agent's socket.
+    #[arg(
+        long,
+        env = "SLUICE_AGENT_SOCKET",
+        default_value = "/run/sluice/agent.sock"
+    )]
+    agent_socket: PathBuf,
     #[command(subcommand)]
     command: Command,
 }
@@ -42,6 +51,29 @@ enum Command {
     },
     /// Ask the engine to re-read its node state file.
     Reload,
+    /// Agent, engine and sync state, in the spirit of `cilium status`.
+    Status {
+        #[arg(short, long)]
+        json: bool,
+    },
+    /// Local endpoints (pods wired by sluice-cni).
+    Endpoint {
+        #[command(subcommand)]
+        command: ListCommand,
+    },
+    /// Security identities (reserved and label-derived).
+    Identity {
+        #[command(subcommand)]
+        command: ListCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ListCommand {
+    List {
+        #[arg(short, long)]
+        json: bool,
+    },
 }
 
 fn ask(socket: &Path, command: &str) -> anyhow::Result<Value> {
@@ -166,6 +198,39 @@ fn main() -> anyhow::Result<()> {
                 );
             }
             println!("state applied, generation {}", answer["generation"]);
+        }
+        Command::Status { json } => {
+            let status = agent::status(&cli.agent_socket)?;
+            let engine = ask(&cli.engine_socket, "stats").ok();
+            if json {
+                let out = serde_json::json!({"agent": status, "in_sync": status.in_sync(), "engine": engine});
+                println!("{}", serde_json::to_string_pretty(&out)?);
+            } else {
+                agent::print_status(&status, engine.as_ref());
+            }
+            if !status.in_sync() {
+                std::process::exit(1);
+            }
+        }
+        Command::Endpoint {
+            command: ListCommand::List { json },
+        } => {
+            let list = agent::endpoints(&cli.agent_socket)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                agent::print_endpoints(&list);
+            }
+        }
+        Command::Identity {
+            command: ListCommand::List { json },
+        } => {
+            let list = agent::identities(&cli.agent_socket)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                agent::print_identities(&list);
+            }
         }
     }
     Ok(())

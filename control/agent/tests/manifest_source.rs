@@ -1,0 +1,150 @@
+//! The manifest-directory source: edits, deletions and bad input, both on the
+//! loader and through the watching source with a real directory.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use sluice_agent::objects::{Kind, Object};
+use sluice_agent::source::manifests::{ManifestLoader, ManifestSource};
+use sluice_agent::source::Source;
+use sluice_agent::store::{Store, StoreHandle};
+
+fn temp_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("sluice-manifests-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn pod(name: &str, app: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: default, labels: {{app: {app}}}}}\n\
+         spec: {{containers: [{{name: c, image: busybox}}]}}\n"
+    )
+}
+
+fn app_of(store: &Store, name: &str) -> Option<String> {
+    match store.get(Kind::Pod, "default", name) {
+        Some(Object::Pod(p)) => p.metadata.labels.as_ref()?.get("app").cloned(),
+        _ => None,
+    }
+}
+
+fn load(loader: &mut ManifestLoader, dir: &Path) -> Store {
+    let loaded = loader.load(dir).unwrap();
+    let mut store = Store::default();
+    store.replace_all(loaded.objects);
+    store.set_errors("m", loaded.errors);
+    store
+}
+
+#[test]
+fn a_bad_edit_keeps_the_last_good_object_and_names_file_object_and_field() {
+    let dir = temp_dir("edit");
+    std::fs::write(
+        dir.join("a.yaml"),
+        format!("{}---\n{}", pod("one", "v1"), pod("two", "v1")),
+    )
+    .unwrap();
+    let mut loader = ManifestLoader::default();
+    let store = load(&mut loader, &dir);
+    assert_eq!(app_of(&store, "one").as_deref(), Some("v1"));
+    assert!(store.errors().is_empty(), "{:?}", store.errors());
+
+    // Edit: "one" gets an invalid field, "two" a valid change.
+    let broken = pod("one", "v2").replace(
+        "containers: [{name: c, image: busybox}]",
+        "containers: [{name: c, image: busybox, ports: [{containerPort: x}]}]",
+    );
+    std::fs::write(
+        dir.join("a.yaml"),
+        format!("{broken}---\n{}", pod("two", "v2")),
+    )
+    .unwrap();
+    let store = load(&mut loader, &dir);
+    assert_eq!(
+        app_of(&store, "one").as_deref(),
+        Some("v1"),
+        "last good version kept"
+    );
+    assert_eq!(
+        app_of(&store, "two").as_deref(),
+        Some("v2"),
+        "the rest applies"
+    );
+    let errors = store.errors().join("\n");
+    assert!(
+        errors.contains(
+            "a.yaml: document 1 (Pod default/one): spec.containers[0].ports[0].containerPort:"
+        ),
+        "{errors}"
+    );
+
+    // Broken YAML in the whole file: both objects stay as they were.
+    std::fs::write(dir.join("a.yaml"), "apiVersion: v1\nkind: [Pod\n").unwrap();
+    let store = load(&mut loader, &dir);
+    assert_eq!(app_of(&store, "one").as_deref(), Some("v1"));
+    assert_eq!(app_of(&store, "two").as_deref(), Some("v2"));
+    assert!(store
+        .errors()
+        .join("\n")
+        .contains("a.yaml: document 1: invalid YAML"));
+
+    // Deleting the file deletes its objects.
+    std::fs::remove_file(dir.join("a.yaml")).unwrap();
+    let store = load(&mut loader, &dir);
+    assert!(store.is_empty());
+    assert!(store.errors().is_empty());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn wait_for(store: &StoreHandle, what: &str, check: impl Fn(&Store) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if check(&store.snapshot()) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!(
+        "timed out waiting for {what}; store errors: {:?}",
+        store.snapshot().errors()
+    );
+}
+
+#[test]
+fn the_source_follows_additions_edits_and_deletions() {
+    let dir = temp_dir("watch");
+    let store = StoreHandle::new();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let source = Box::new(ManifestSource::new(dir.clone()));
+    assert!(source.describe().starts_with("manifests:"));
+    let task = runtime.spawn(source.run(store.clone(), stop_rx));
+
+    wait_for(&store, "the first listing", |s| s.all_synced());
+    std::fs::write(dir.join("p.yaml"), pod("web", "a")).unwrap();
+    wait_for(&store, "an added file", |s| {
+        app_of(s, "web").as_deref() == Some("a")
+    });
+    std::fs::write(dir.join("p.yaml"), pod("web", "b")).unwrap();
+    wait_for(&store, "an edit", |s| {
+        app_of(s, "web").as_deref() == Some("b")
+    });
+    std::fs::write(
+        dir.join("q.yml"),
+        "apiVersion: v1\nkind: Gizmo\nmetadata: {name: g}\n",
+    )
+    .unwrap();
+    wait_for(&store, "an error for an unknown kind", |s| {
+        s.errors()
+            .iter()
+            .any(|e| e.contains("q.yml: document 1 (Gizmo g): kind: unknown kind \"Gizmo\""))
+    });
+    std::fs::remove_file(dir.join("p.yaml")).unwrap();
+    wait_for(&store, "a deletion", |s| app_of(s, "web").is_none());
+
+    stop_tx.send(true).unwrap();
+    runtime.block_on(task).unwrap().unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -1,0 +1,137 @@
+//! Commands answered by the agent: status, endpoint list, identity list.
+
+use std::io::BufReader;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use sluice_api::agent::{
+    AgentRequest, AgentResponse, AgentStatus, EndpointInfo, IdentityInfo, Request,
+};
+use sluice_api::{read_message, write_message};
+
+/// Sends one request to the agent and returns its answer; an agent error is an error here.
+pub fn ask(socket: &Path, request: AgentRequest) -> anyhow::Result<AgentResponse> {
+    let stream = UnixStream::connect(socket).with_context(|| {
+        format!(
+            "connect to the agent at {} (is sluice-agent running? set --agent-socket)",
+            socket.display()
+        )
+    })?;
+    stream.set_read_timeout(Some(Duration::from_secs(20)))?;
+    let mut writer = stream.try_clone()?;
+    write_message(&mut writer, &Request::new(request))?;
+    let mut reader = BufReader::new(stream);
+    match read_message::<AgentResponse>(&mut reader)? {
+        Some(AgentResponse::Error { kind, message }) => bail!("agent: {message} ({kind:?})"),
+        Some(answer) => Ok(answer),
+        None => bail!("the agent closed the connection without answering"),
+    }
+}
+
+pub fn status(socket: &Path) -> anyhow::Result<AgentStatus> {
+    match ask(socket, AgentRequest::Status)? {
+        AgentResponse::Status { status } => Ok(status),
+        other => bail!("unexpected answer to status: {other:?}"),
+    }
+}
+
+pub fn endpoints(socket: &Path) -> anyhow::Result<Vec<EndpointInfo>> {
+    match ask(socket, AgentRequest::ListEndpoints)? {
+        AgentResponse::Endpoints { endpoints } => Ok(endpoints),
+        other => bail!("unexpected answer to endpoint list: {other:?}"),
+    }
+}
+
+pub fn identities(socket: &Path) -> anyhow::Result<Vec<IdentityInfo>> {
+    match ask(socket, AgentRequest::ListIdentities)? {
+        AgentResponse::Identities { identities } => Ok(identities),
+        other => bail!("unexpected answer to identity list: {other:?}"),
+    }
+}
+
+/// `cilium status`-like summary. `engine` is the engine's stats JSON when reachable.
+pub fn print_status(s: &AgentStatus, engine: Option<&serde_json::Value>) {
+    let sync = if s.in_sync() {
+        format!("in sync at generation {}", s.acked_generation)
+    } else if !s.engine_connected {
+        format!(
+            "NOT CONNECTED (desired generation {}, last acked {})",
+            s.desired_generation, s.acked_generation
+        )
+    } else if let Some(e) = &s.engine_error {
+        format!("REFUSED generation {}: {e}", s.desired_generation)
+    } else {
+        format!(
+            "syncing: desired {}, acked {}",
+            s.desired_generation, s.acked_generation
+        )
+    };
+    println!("Agent:       {} on node {}", s.agent, s.node);
+    println!(
+        "Source:      {} ({})",
+        s.source,
+        if s.source_synced {
+            "synced"
+        } else {
+            "initial sync pending"
+        }
+    );
+    println!(
+        "Engine:      {} · {sync}",
+        s.engine.as_deref().unwrap_or("-")
+    );
+    if let Some(e) = engine {
+        println!(
+            "Dataplane:   {} worker(s) · tables generation {} · {} endpoint(s) served",
+            e["engine"]["workers"], e["generation"], e["endpoints"]
+        );
+    }
+    println!("Pod CIDRs:   {}", s.pod_cidrs.join(" "));
+    println!(
+        "Endpoints:   {} · Identities: {} · IPCache: {} entries",
+        s.endpoints, s.identities, s.ipcache_entries
+    );
+    if s.source_errors.is_empty() {
+        println!("Errors:      none");
+    } else {
+        println!("Errors:      {}", s.source_errors.len());
+        for e in &s.source_errors {
+            println!("  {e}");
+        }
+    }
+}
+
+pub fn print_endpoints(list: &[EndpointInfo]) {
+    println!(
+        "{:<28} {:<10} {:<16} {:<24} {:>8} {:<16} LABELS",
+        "ENDPOINT", "STATE", "IPV4", "IPV6", "IDENTITY", "HOST-IF"
+    );
+    let opt = |v: Option<std::net::IpAddr>| v.map_or("-".to_string(), |ip| ip.to_string());
+    for e in list {
+        println!(
+            "{:<28} {:<10} {:<16} {:<24} {:>8} {:<16} {}",
+            e.name,
+            e.state,
+            opt(e.ipv4),
+            opt(e.ipv6),
+            e.identity,
+            e.host_ifname.as_deref().unwrap_or("-"),
+            e.labels.join(",")
+        );
+    }
+}
+
+pub fn print_identities(list: &[IdentityInfo]) {
+    println!("{:>8} {:>9} {:>5}  LABELS", "ID", "ENDPOINTS", "IPS");
+    for i in list {
+        println!(
+            "{:>8} {:>9} {:>5}  {}",
+            i.id,
+            i.endpoints,
+            i.ips,
+            i.labels.join(" ")
+        );
+    }
+}
