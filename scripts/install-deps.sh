@@ -5,7 +5,8 @@ set -eu
 
 PACKAGES="clang llvm libbpf-dev libelf-dev zlib1g-dev m4 pkg-config linux-libc-dev
 iproute2 iputils-ping iperf3 ethtool netsniff-ng bpftool procps util-linux
-iptables nftables sockperf"
+iptables nftables sockperf
+containerd containernetworking-plugins busybox-static"
 
 missing=""
 for pkg in $PACKAGES; do

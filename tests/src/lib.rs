@@ -2,3 +2,5 @@
 //! by the lab (`tests/*.rs`). They use the release `sluice-engine` next to the
 //! test binary's target directory, or `$SLUICE_ENGINE`; `scripts/test.sh`
 //! builds it first.
+
+pub mod containerd;
