@@ -12,7 +12,7 @@ use crate::attachments::Attachments;
 use crate::core::AgentCore;
 use crate::desired::NodeConfig;
 use crate::identity::IdentityAllocator;
-use crate::source::{manifests::ManifestSource, Source};
+use crate::source::{kube::KubeSource, manifests::ManifestSource, Source};
 use crate::store::StoreHandle;
 
 #[derive(Parser, Debug, Clone)]
@@ -121,11 +121,6 @@ fn nix_hostname() -> anyhow::Result<String> {
         .to_string())
 }
 
-// TEMPORARY until source/kube.rs lands.
-async fn kube_source(_args: &AgentArgs) -> anyhow::Result<Box<dyn Source>> {
-    bail!("kubernetes source not wired yet")
-}
-
 /// Runs the agent until SIGINT or SIGTERM.
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let config = node_config(&args)?;
@@ -136,7 +131,10 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
             }
             Box::new(ManifestSource::new(dir.clone()))
         }
-        (None, true) => kube_source(&args).await?,
+        (None, true) => Box::new(match &args.kubeconfig {
+            Some(path) => KubeSource::from_kubeconfig(path).await?,
+            None => KubeSource::from_env().await?,
+        }),
         _ => bail!("give either --manifests <dir> (standalone) or --kubernetes"),
     };
     std::fs::create_dir_all(&args.state_dir)

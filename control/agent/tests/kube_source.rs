@@ -220,9 +220,7 @@ fn seed(double: &ApiDouble) {
 
 async fn started(double: &ApiDouble) -> Running {
     let running = Running::start(KubeSource::from_client(double.client()));
-    running
-        .until("every kind synced", |s| s.all_synced())
-        .await;
+    running.until("every kind synced", |s| s.all_synced()).await;
     // Every kind is past its listing and watching.
     for (plural, ..) in kube_api_double::RESOURCES {
         until_double(&format!("{plural} watched"), double, |d| {
@@ -249,9 +247,7 @@ async fn initial_list_of_every_kind_lands_and_syncs() {
     assert_eq!(source.describe(), "kubernetes");
 
     let running = Running::start(source);
-    let store = running
-        .until("every kind synced", |s| s.all_synced())
-        .await;
+    let store = running.until("every kind synced", |s| s.all_synced()).await;
 
     assert_eq!(names(&store, Kind::Namespace), ["default", "shop"]);
     assert_eq!(names(&store, Kind::Node), ["node-a"]);
@@ -259,7 +255,10 @@ async fn initial_list_of_every_kind_lands_and_syncs() {
     assert_eq!(names(&store, Kind::Service), ["default/web"]);
     assert_eq!(names(&store, Kind::EndpointSlice), ["default/web-abc"]);
     assert_eq!(names(&store, Kind::NetworkPolicy), ["shop/deny-all"]);
-    assert_eq!(names(&store, Kind::CiliumNetworkPolicy), ["default/allow-web"]);
+    assert_eq!(
+        names(&store, Kind::CiliumNetworkPolicy),
+        ["default/allow-web"]
+    );
     assert_eq!(
         names(&store, Kind::CiliumClusterwideNetworkPolicy),
         ["host-fw"]
@@ -268,7 +267,10 @@ async fn initial_list_of_every_kind_lands_and_syncs() {
     assert!(store.errors().is_empty(), "{:?}", store.errors());
 
     // Decoded into the typed objects, fields intact.
-    assert_eq!(pod_ip(&store, "default", "web-1").as_deref(), Some("10.0.0.11"));
+    assert_eq!(
+        pod_ip(&store, "default", "web-1").as_deref(),
+        Some("10.0.0.11")
+    );
     let Some(Object::Service(service)) = store.get(Kind::Service, "default", "web") else {
         panic!("service missing");
     };
@@ -302,7 +304,11 @@ async fn initial_list_of_every_kind_lands_and_syncs() {
         assert_eq!(double.lists(plural), 1, "{plural}");
         let watches = double.watches(plural);
         assert_eq!(watches.len(), 1, "{plural}");
-        assert_eq!(watches[0].resource_version.as_deref(), Some(&*list_rv), "{plural}");
+        assert_eq!(
+            watches[0].resource_version.as_deref(),
+            Some(&*list_rv),
+            "{plural}"
+        );
         assert!(watches[0].bookmarks, "{plural}: {}", watches[0].query);
     }
     running.stop().await;
@@ -359,7 +365,10 @@ async fn bookmark_moves_the_resume_point() {
     let bookmark = double.bookmark("pods");
     assert!(bookmark.to_string() != listed_at);
     double.drop_watches("pods", Close::Clean);
-    until_double("pods watch resumed", &double, |d| d.watches("pods").len() == 2).await;
+    until_double("pods watch resumed", &double, |d| {
+        d.watches("pods").len() == 2
+    })
+    .await;
 
     let resumed = &double.watches("pods")[1];
     assert_eq!(
@@ -368,12 +377,18 @@ async fn bookmark_moves_the_resume_point() {
         "the watch must resume from the bookmark"
     );
     assert!(resumed.bookmarks);
-    assert_eq!(double.lists("pods"), 1, "a bookmark must not cause a re-list");
+    assert_eq!(
+        double.lists("pods"),
+        1,
+        "a bookmark must not cause a re-list"
+    );
 
     // The bookmark was not taken for an object, and the resumed watch works.
     double.apply("pods", pod("default", "after-bookmark", "10.0.0.30"));
     let store = running
-        .until("pod after bookmark", |s| has_pod(s, "default", "after-bookmark"))
+        .until("pod after bookmark", |s| {
+            has_pod(s, "default", "after-bookmark")
+        })
         .await;
     assert_eq!(store.of_kind(Kind::Pod).count(), 3);
     assert!(store.errors().is_empty(), "{:?}", store.errors());
@@ -494,19 +509,29 @@ async fn dropped_watch_resumes_from_last_seen_version() {
         Some(&*last_seen.to_string()),
         "resume from the last event seen"
     );
-    assert_eq!(double.lists("pods"), 1, "a clean reconnect must not re-list");
-    assert!(running.seen_errors().is_empty(), "{:?}", running.seen_errors());
+    assert_eq!(
+        double.lists("pods"),
+        1,
+        "a clean reconnect must not re-list"
+    );
+    assert!(
+        running.seen_errors().is_empty(),
+        "{:?}",
+        running.seen_errors()
+    );
     running.stop().await;
 }
 
-/// (5b) The connection is torn down mid-stream: the source reconnects and the
-/// store ends up right (whether kube classes it as a resumable EOF or as an
-/// error that re-lists).
+/// (5b) The connection is torn down in the middle of the chunked body: kube
+/// treats the cut as a resumable end of stream, so the source reconnects from
+/// the last resourceVersion it saw, without a re-list or an error, and gets
+/// what happened meanwhile.
 #[tokio::test]
-async fn abruptly_dropped_connection_recovers() {
+async fn abruptly_dropped_connection_resumes() {
     let double = ApiDouble::start().await;
     seed(&double);
     let running = started(&double).await;
+    let last_seen = double.watches("pods")[0].resource_version.clone().unwrap();
 
     double.pause("pods");
     double.apply("pods", pod("default", "while-away", "10.0.0.51"));
@@ -518,13 +543,25 @@ async fn abruptly_dropped_connection_recovers() {
             has_pod(s, "default", "while-away") && !has_pod(s, "default", "web-1")
         })
         .await;
-    until_double("pods watched again", &double, |d| d.open_watches("pods") == 1).await;
-    running
-        .until("no errors left", |s| s.errors().is_empty())
-        .await;
+    until_double("pods watched again", &double, |d| {
+        d.open_watches("pods") == 1
+    })
+    .await;
+    let watches = double.watches("pods");
+    assert_eq!(watches.len(), 2);
+    assert_eq!(watches[1].resource_version.as_deref(), Some(&*last_seen));
+    assert_eq!(double.lists("pods"), 1);
+    assert!(
+        running.seen_errors().is_empty(),
+        "{:?}",
+        running.seen_errors()
+    );
+
     double.apply("pods", pod("default", "later", "10.0.0.52"));
     running
-        .until("live pod after reconnect", |s| has_pod(s, "default", "later"))
+        .until("live pod after reconnect", |s| {
+            has_pod(s, "default", "later")
+        })
         .await;
     running.stop().await;
 }
@@ -561,13 +598,18 @@ async fn undecodable_object_is_named_and_skipped() {
         })
         .await;
     assert!(
-        store.errors().iter().any(|e| e
-            .starts_with("kubernetes/Pod: Pod shop/cart-1: ")
-            && e.contains("spec.containers[0].ports[0].containerPort")),
+        store
+            .errors()
+            .iter()
+            .any(|e| e.starts_with("kubernetes/Pod: Pod shop/cart-1: ")
+                && e.contains("spec.containers[0].ports[0].containerPort")),
         "{:?}",
         store.errors()
     );
-    assert_eq!(pod_ip(&store, "shop", "cart-1").as_deref(), Some("10.0.0.12"));
+    assert_eq!(
+        pod_ip(&store, "shop", "cart-1").as_deref(),
+        Some("10.0.0.12")
+    );
 
     // Fixed and deleted: both errors go.
     double.apply("pods", pod("default", "broken", "10.0.0.60"));
@@ -595,9 +637,7 @@ async fn missing_cilium_crds_sync_empty_and_are_retried() {
     double.set_served("ciliumclusterwidenetworkpolicies", false);
 
     let running = Running::start(KubeSource::from_client(double.client()));
-    let store = running
-        .until("every kind synced", |s| s.all_synced())
-        .await;
+    let store = running.until("every kind synced", |s| s.all_synced()).await;
     assert!(names(&store, Kind::CiliumNetworkPolicy).is_empty());
     assert!(names(&store, Kind::CiliumClusterwideNetworkPolicy).is_empty());
     assert_eq!(names(&store, Kind::Pod), ["default/web-1", "shop/cart-1"]);
@@ -611,7 +651,9 @@ async fn missing_cilium_crds_sync_empty_and_are_retried() {
         "{errors:?}"
     );
     assert!(
-        errors[1].starts_with("kubernetes/CiliumNetworkPolicy: cilium.io/v2/ciliumnetworkpolicies is not served"),
+        errors[1].starts_with(
+            "kubernetes/CiliumNetworkPolicy: cilium.io/v2/ciliumnetworkpolicies is not served"
+        ),
         "{errors:?}"
     );
 
@@ -656,5 +698,32 @@ async fn failing_builtin_kind_is_not_synced_until_listed() {
         .until("pods listed", |s| s.all_synced() && s.errors().is_empty())
         .await;
     assert_eq!(names(&store, Kind::Pod), ["default/web-1", "shop/cart-1"]);
+    running.stop().await;
+}
+
+/// Failing lists are retried with a growing backoff (kube's default: 0.8 s
+/// doubling, jitter adding up to 100%), not at a fixed short interval: in the
+/// 5.2 s after the first failed list, retries come at [0.8, 1.6) s and
+/// [2.4, 4.8) s, and the next not before 5.6 s, so exactly three lists. A
+/// backoff that reset on every retry would list at least four times.
+#[tokio::test]
+async fn failing_list_backs_off_exponentially() {
+    let double = ApiDouble::start().await;
+    double.set_served("ciliumclusterwidenetworkpolicies", false);
+    let running = Running::start(KubeSource::from_client(double.client()));
+    until_double("first list", &double, |d| {
+        d.lists("ciliumclusterwidenetworkpolicies") == 1
+    })
+    .await;
+    let first = double.requests("ciliumclusterwidenetworkpolicies")[0].at;
+    let window = Duration::from_millis(5200);
+    tokio::time::sleep_until((first + window).into()).await;
+    let lists: Vec<Duration> = double
+        .requests("ciliumclusterwidenetworkpolicies")
+        .iter()
+        .filter(|r| !r.watch && r.at <= first + window)
+        .map(|r| r.at - first)
+        .collect();
+    assert_eq!(lists.len(), 3, "list attempts at {lists:?}");
     running.stop().await;
 }

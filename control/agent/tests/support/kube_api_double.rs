@@ -12,8 +12,8 @@
 //!   events, replaying the resource's event log after `N`, then live events;
 //! * `410 Gone` for a watch from a resource version older than the last
 //!   [`ApiDouble::expire`], answered in the way the test chose ([`Gone`]);
-//! * `404` with a `Status` for a resource that is not served (a CRD that is
-//!   not installed).
+//! * `404 page not found` (plain text, as a real API server answers) for a
+//!   resource that is not served (a CRD that is not installed).
 //!
 //! Like etcd, one revision counter is shared by all resources; each resource
 //! keeps its own event log. Every request is recorded so tests can assert on
@@ -108,6 +108,7 @@ pub struct Recorded {
     /// Whether `allowWatchBookmarks=true` was asked for.
     pub bookmarks: bool,
     pub query: String,
+    pub at: std::time::Instant,
 }
 
 struct Watcher {
@@ -362,9 +363,7 @@ impl ApiDouble {
                 "metadata": {"resourceVersion": rv.to_string()},
             },
         });
-        resource
-            .watchers
-            .retain(|w| !w.bookmarks || w.send(&line));
+        resource.watchers.retain(|w| !w.bookmarks || w.send(&line));
         rv
     }
 
@@ -437,6 +436,20 @@ fn full(status: StatusCode, body: &Value) -> Response<Body> {
         .expect("response")
 }
 
+/// What a real API server answers for the path of a group/resource it does
+/// not serve (a CRD that is not installed): plain text, not a `Status`.
+fn not_found() -> Response<Body> {
+    Response::builder()
+        .status(StatusCode::NOT_FOUND)
+        .header("content-type", "text/plain; charset=utf-8")
+        .body(
+            Full::new(Bytes::from_static(b"404 page not found\n"))
+                .map_err(|never| match never {})
+                .boxed_unsync(),
+        )
+        .expect("response")
+}
+
 fn handle(state: &Mutex<State>, request: Request<Incoming>) -> Response<Body> {
     let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
     let path = request.uri().path().to_string();
@@ -445,7 +458,9 @@ fn handle(state: &Mutex<State>, request: Request<Incoming>) -> Response<Body> {
         .split('&')
         .filter_map(|pair| pair.split_once('='))
         .collect();
-    let watch = params.get("watch").is_some_and(|v| *v == "true" || *v == "1");
+    let watch = params
+        .get("watch")
+        .is_some_and(|v| *v == "true" || *v == "1");
     let resource_version = params.get("resourceVersion").map(|v| v.to_string());
     let bookmarks = params.get("allowWatchBookmarks") == Some(&"true");
 
@@ -460,19 +475,15 @@ fn handle(state: &Mutex<State>, request: Request<Incoming>) -> Response<Body> {
         resource_version: resource_version.clone(),
         bookmarks,
         query: query.clone(),
-    });
-    let not_found = json!({
-        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-        "message": "the server could not find the requested resource",
-        "reason": "NotFound", "details": {}, "code": 404,
+        at: std::time::Instant::now(),
     });
     let Some(plural) = plural else {
-        return full(StatusCode::NOT_FOUND, &not_found);
+        return not_found();
     };
     let revision = state.revision;
     let resource = state.resources.get_mut(plural).expect("known resource");
     if !resource.served || request.method() != hyper::Method::GET {
-        return full(StatusCode::NOT_FOUND, &not_found);
+        return not_found();
     }
 
     if !watch {
