@@ -127,10 +127,18 @@ pub struct Allocation {
     pub ipv6: Option<IpAssignment>,
     /// MTU for both ends of the veth.
     pub mtu: u32,
+    /// TX and RX queues of both veth ends: one per engine worker, since
+    /// worker N serves queue N of every interface.
+    #[serde(default = "one_queue")]
+    pub queues: u32,
     /// The name the node-side veth must have (derived from the attachment).
     pub host_ifname: String,
     /// Set once registered.
     pub registered: Option<RegisteredEndpoint>,
+}
+
+fn one_queue() -> u32 {
+    1
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

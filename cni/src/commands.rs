@@ -197,6 +197,7 @@ fn spec_of(allocation: &Allocation, env: &Env) -> WireSpec {
         container_ifname: env.ifname.clone(),
         netns_path: env.netns.clone(),
         mtu: allocation.mtu,
+        queues: allocation.queues,
         ipv4: allocation.ipv4.clone(),
         ipv6: allocation.ipv6.clone(),
     }

@@ -33,6 +33,8 @@ pub struct WireSpec {
     /// CNI_NETNS.
     pub netns_path: String,
     pub mtu: u32,
+    /// TX/RX queues of both ends (one per engine worker).
+    pub queues: u32,
     pub ipv4: Option<IpAssignment>,
     pub ipv6: Option<IpAssignment>,
 }
@@ -144,13 +146,18 @@ pub fn wire(spec: &WireSpec) -> Result<Wired, WireError> {
         });
     }
 
+    let queues = spec.queues.max(1);
     let peer = LinkUnspec::new_with_name(&spec.container_ifname)
         .mtu(spec.mtu)
+        .append_extra_attribute(LinkAttribute::NumTxQueues(queues))
+        .append_extra_attribute(LinkAttribute::NumRxQueues(queues))
         .setns_by_fd(netns.raw_fd())
         .build();
     let pair = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
         .name(spec.host_ifname.clone())
         .mtu(spec.mtu)
+        .append_extra_attribute(LinkAttribute::NumTxQueues(queues))
+        .append_extra_attribute(LinkAttribute::NumRxQueues(queues))
         .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
         .build();
     if let Err(e) = node.block_on(node.handle().link().add(pair).execute()) {
@@ -437,6 +444,7 @@ mod tests {
             container_ifname: "eth0".into(),
             netns_path: "/proc/1/ns/net".into(),
             mtu: 1500,
+            queues: 1,
             ipv4: Some(IpAssignment {
                 address: "10.244.0.5".parse().unwrap(),
                 prefix_len: 32,

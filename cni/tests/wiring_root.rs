@@ -21,6 +21,7 @@ fn spec(pod: &Ns) -> WireSpec {
         container_ifname: "eth0".into(),
         netns_path: pod.path(),
         mtu: 1400,
+        queues: 2,
         ipv4: Some(IpAssignment {
             address: "10.244.0.5".parse().unwrap(),
             prefix_len: 32,
@@ -73,6 +74,9 @@ fn wire_configures_both_ends_and_unwire_is_idempotent() {
     assert_eq!(host["ifindex"], wired.host_ifindex);
     assert_eq!(host["address"], wired.host_mac.to_string());
     assert_eq!(host["linkinfo"]["info_kind"], "veth");
+    // One queue per engine worker on both ends.
+    assert_eq!(host["num_tx_queues"], 2, "{host}");
+    assert_eq!(host["num_rx_queues"], 2, "{host}");
     assert_eq!(host["inet6_addr_gen_mode"], "none", "{host}");
     assert!(
         addresses(&node, HOST).is_empty(),

@@ -31,6 +31,8 @@ pub struct NodeConfig {
     pub gateway_mac: MacAddr,
     /// IP MTU of pod interfaces.
     pub mtu: u32,
+    /// TX/RX queues of every pod veth: the engine's worker count.
+    pub veth_queues: u32,
     /// Pod CIDRs when the Node object names none (standalone mode).
     pub pod_cidrs: Vec<Cidr>,
     /// The node's uplink as the engine should use it, if any.

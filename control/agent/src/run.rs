@@ -43,6 +43,10 @@ pub struct AgentArgs {
     pub gateway_mac: MacAddr,
     #[arg(long, default_value_t = sluice_tables::DEFAULT_MTU)]
     pub mtu: u32,
+    /// TX/RX queues of every pod veth the CNI plugin creates: set it to the
+    /// engine's --workers (worker N serves queue N of every interface).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub veth_queues: u32,
     /// The node's uplink interface (in the agent's network namespace), if the
     /// engine also carries traffic to and from outside.
     #[arg(long)]
@@ -109,6 +113,7 @@ pub fn node_config(args: &AgentArgs) -> anyhow::Result<NodeConfig> {
         cluster_name: args.cluster_name.clone(),
         gateway_mac: args.gateway_mac,
         mtu: args.mtu,
+        veth_queues: args.veth_queues,
         pod_cidrs: args.pod_cidrs.clone(),
         uplink: uplink(args)?,
     })

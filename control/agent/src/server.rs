@@ -115,6 +115,7 @@ fn allocation_of(core: &AgentCore, record: &AttachmentRecord) -> Allocation {
             gateway: IpAddr::V6(GATEWAY_IPV6),
         }),
         mtu: core.config.mtu,
+        queues: core.config.veth_queues,
         host_ifname: record.host_ifname.clone(),
         registered: record.registered.clone(),
     }
@@ -211,7 +212,9 @@ async fn answer(core: &Arc<AgentCore>, request: AgentRequest) -> AgentResponse {
                     return *e;
                 }
                 let generation = core.recompute();
-                core.wait_acked(generation, RELEASE_TIMEOUT).await;
+                if core.engine_view().connected {
+                    core.wait_acked(generation, RELEASE_TIMEOUT).await;
+                }
             }
             AgentResponse::Released { released }
         }
@@ -237,7 +240,9 @@ async fn answer(core: &Arc<AgentCore>, request: AgentRequest) -> AgentResponse {
                     return *e;
                 }
                 let generation = core.recompute();
-                core.wait_acked(generation, RELEASE_TIMEOUT).await;
+                if core.engine_view().connected {
+                    core.wait_acked(generation, RELEASE_TIMEOUT).await;
+                }
             }
             AgentResponse::GcDone { released }
         }

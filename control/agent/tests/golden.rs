@@ -24,6 +24,7 @@ fn config() -> NodeConfig {
         cluster_name: "default".into(),
         gateway_mac: MacAddr([2, 0x53, 0x4c, 0, 0, 1]),
         mtu: 1500,
+        veth_queues: 1,
         pod_cidrs: vec![
             Cidr::parse("10.200.0.0/24").unwrap(),
             Cidr::parse("fd00:200::/64").unwrap(),
