@@ -1,7 +1,9 @@
 //! Starting, querying and stopping sluice-engine inside the node namespace.
 //!
 //! Command line: `<engine> --state <run dir>/state.json --stats-socket <run dir>/engine.sock
-//! --workers <n> [extra args]`, run as `nsenter --net=/run/netns/<node> -- <engine> ...`.
+//! --workers <n> [extra args]`, run as `nsenter --net=/run/netns/<node> -- <engine> ...`;
+//! with [`EngineOptions::api_socket`] also `--api-socket <run dir>/api.sock`, and
+//! without [`EngineOptions::state_file`] no `--state` (the engine waits for an agent).
 //! Stats protocol: connect to the unix socket, write `stats\n`, read JSON until EOF.
 
 use std::io::{Read, Write};
@@ -29,6 +31,11 @@ pub struct EngineOptions {
     pub binary: Option<PathBuf>,
     /// Worker threads; `None` means one per veth queue (`LabSpec::queues`).
     pub workers: Option<u32>,
+    /// Pass `--state <run dir>/state.json` (the lab's node state). Default: yes.
+    pub state_file: bool,
+    /// Pass `--api-socket <run dir>/api.sock` ([`Lab::api_socket`]), on which a
+    /// test acts as the agent. Default: no.
+    pub api_socket: bool,
     /// Appended after the lab's own arguments.
     pub extra_args: Vec<String>,
     /// How long the stats socket may take to accept a connection.
@@ -42,6 +49,8 @@ impl Default for EngineOptions {
         EngineOptions {
             binary: None,
             workers: None,
+            state_file: true,
+            api_socket: false,
             extra_args: Vec::new(),
             start_timeout: Duration::from_secs(15),
             stop_timeout: Duration::from_secs(5),
@@ -83,6 +92,12 @@ impl Lab {
         self.run_dir().join("engine.sock")
     }
 
+    /// `<run dir>/api.sock`: the engine's agent API socket, when started with
+    /// [`EngineOptions::api_socket`].
+    pub fn api_socket(&self) -> PathBuf {
+        self.run_dir().join("api.sock")
+    }
+
     /// Starts the engine in the node namespace and waits until its stats socket
     /// accepts a connection. Returns its PID.
     pub fn start_engine(&self, options: &EngineOptions) -> Result<u32> {
@@ -100,21 +115,27 @@ impl Lab {
         let binary_text = binary.display().to_string();
         let state = self.state_path().display().to_string();
         let socket_text = socket.display().to_string();
-        let mut args = vec![
-            binary_text.as_str(),
-            "--state",
-            &state,
-            "--stats-socket",
-            &socket_text,
-            "--workers",
-            &workers,
-        ];
+        let api_socket = self.api_socket();
+        let api_socket_text = api_socket.display().to_string();
+        ensure!(
+            options.state_file || options.api_socket,
+            "the engine needs a state file, an API socket, or both"
+        );
+        let mut args = vec![binary_text.as_str()];
+        if options.state_file {
+            args.extend(["--state", &state]);
+        }
+        if options.api_socket {
+            args.extend(["--api-socket", &api_socket_text]);
+        }
+        args.extend(["--stats-socket", &socket_text, "--workers", &workers]);
         args.extend(options.extra_args.iter().map(String::as_str));
 
         let pid = {
             let mut inner = self.shared.lock()?;
             ensure!(inner.engine.is_none(), "the engine is already running");
             let _ = std::fs::remove_file(&socket);
+            let _ = std::fs::remove_file(&api_socket);
             let child = self.spawn_logged(self.node_netns(), ENGINE_LOG, &args)?;
             let pid = child.id();
             inner.engine = Some(Tracked {

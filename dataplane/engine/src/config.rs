@@ -31,8 +31,14 @@ pub enum XdpAttach {
 )]
 pub struct EngineConfig {
     /// Node state (gateway and endpoints) as JSON; re-read on `reload`.
+    /// With --api-socket too, it is the state served until an agent sends one.
     #[arg(long)]
-    pub state: PathBuf,
+    pub state: Option<PathBuf>,
+    /// Unix socket (mode 0600) on which the agent sends the node state
+    /// (sluice-api engine protocol). Without --state the engine starts with no
+    /// endpoints and waits for an agent.
+    #[arg(long)]
+    pub api_socket: Option<PathBuf>,
     /// Unix socket serving `stats` and `reload`.
     #[arg(long, default_value = "/run/sluice/engine.sock")]
     pub stats_socket: PathBuf,
@@ -59,4 +65,48 @@ pub struct EngineConfig {
     /// Frames taken from one socket per loop.
     #[arg(long, default_value_t = 64)]
     pub batch: usize,
+}
+
+impl EngineConfig {
+    /// Checks what clap cannot: the engine needs a source for its node state.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.state.is_none() && self.api_socket.is_none() {
+            anyhow::bail!(
+                "no node state source: give --state <file> (a node state JSON file), \
+                 --api-socket <path> (an agent sends the state), or both"
+            );
+        }
+        if self.workers == 0 {
+            anyhow::bail!("--workers must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_state_file_or_an_api_socket_is_required() {
+        let none = EngineConfig::parse_from(["sluice-engine"]);
+        let err = none.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("--state") && err.contains("--api-socket"),
+            "{err}"
+        );
+        for args in [
+            &["sluice-engine", "--state", "s.json"][..],
+            &["sluice-engine", "--api-socket", "a.sock"][..],
+            &[
+                "sluice-engine",
+                "--state",
+                "s.json",
+                "--api-socket",
+                "a.sock",
+            ][..],
+        ] {
+            EngineConfig::parse_from(args).validate().unwrap();
+        }
+    }
 }

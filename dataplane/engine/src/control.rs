@@ -1,8 +1,9 @@
-//! The engine's control thread: reads the desired node state, attaches XDP
-//! programs and worker sockets to the interfaces it names, publishes table
-//! snapshots, serves the stats socket, and shuts everything down in order.
+//! The engine's control thread: takes the desired node state (from the --state
+//! file and/or the agent on --api-socket), attaches XDP programs and worker
+//! sockets to the interfaces it names, publishes table snapshots, serves the
+//! stats and API sockets, and shuts everything down in order.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -15,6 +16,7 @@ use sluice_tables::{Cidr, NodeState, Tables, TablesHandle};
 use sluice_xdp::{AttachMode, PodProgram, UplinkProgram};
 use sluice_xsk::{WorkerIo, XskConfig};
 
+use crate::api::{ApiBoard, ApiServer, Dataplane};
 use crate::config::{EngineConfig, XdpAttach};
 use crate::counters::WorkerCounters;
 use crate::ports::{PortBoard, PortCommand, PortStatus};
@@ -25,12 +27,14 @@ use crate::worker::Worker;
 const WORKER_REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Reads and validates a node state file; the error names the file and what is wrong.
-pub fn read_state(path: &std::path::Path) -> anyhow::Result<Tables> {
+pub fn read_state(path: &Path) -> anyhow::Result<(NodeState, Tables)> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("read node state {}", path.display()))?;
     let state: NodeState = serde_json::from_str(&text)
         .with_context(|| format!("parse node state {}", path.display()))?;
-    Tables::build(state).with_context(|| format!("node state {}", path.display()))
+    let tables =
+        Tables::build(state.clone()).with_context(|| format!("node state {}", path.display()))?;
+    Ok((state, tables))
 }
 
 /// The steering program on one interface.
@@ -74,7 +78,12 @@ struct Attached {
 
 /// Brings the interfaces in line with the desired state.
 struct Reconciler {
-    state_path: PathBuf,
+    /// The --state file `reload` re-reads, if any.
+    state_path: Option<PathBuf>,
+    /// The node state served now: the base of the agent's next delta.
+    state: NodeState,
+    /// The agent generation `state` came from; 0 for the empty or file state.
+    agent_generation: u64,
     tables: TablesHandle,
     attached: HashMap<String, Attached>,
     workers: Vec<Sender<PortCommand>>,
@@ -82,12 +91,55 @@ struct Reconciler {
     shared: Arc<EngineShared>,
 }
 
+impl Dataplane for Reconciler {
+    fn applied_generation(&self) -> u64 {
+        self.agent_generation
+    }
+
+    fn state(&self) -> &NodeState {
+        &self.state
+    }
+
+    fn apply(&mut self, generation: u64, state: NodeState, tables: Tables) {
+        self.serve(tables);
+        self.state = state;
+        self.agent_generation = generation;
+    }
+}
+
 impl Reconciler {
     /// Re-reads the state file and applies it. A state that does not parse or
-    /// conflicts is refused whole; an interface that cannot be attached is
-    /// shown as down and the others are served.
-    fn apply(&mut self) -> anyhow::Result<u64> {
-        let tables = read_state(&self.state_path)?;
+    /// conflicts is refused whole. It replaces an agent's state too: the applied
+    /// agent generation goes back to 0, so the agent's next delta is refused
+    /// and it sends a snapshot.
+    fn reload(&mut self) -> anyhow::Result<u64> {
+        let Some(path) = self.state_path.clone() else {
+            bail!(
+                "reload re-reads the --state file, and this engine was started without one: \
+                 its node state comes from the agent on --api-socket"
+            );
+        };
+        let (state, tables) = read_state(&path)?;
+        if self.agent_generation != 0 {
+            tracing::warn!(
+                agent_generation = self.agent_generation,
+                file = %path.display(),
+                "reload replaces the agent's state with the state file"
+            );
+        }
+        let generation = self.serve(tables);
+        self.state = state;
+        self.agent_generation = 0;
+        self.shared.api.set_applied(0);
+        Ok(generation)
+    }
+
+    /// Serves `tables`: attaches new and changed interfaces, publishes, then
+    /// detaches the interfaces that are gone; returns the tables' generation.
+    /// Interfaces whose name, ifindex and role did not change are not touched.
+    /// An interface that cannot be attached is shown as down and the others are
+    /// served.
+    fn serve(&mut self, tables: Tables) -> u64 {
         let mut wanted: Vec<(String, u32, Role)> = tables
             .endpoints
             .iter()
@@ -118,6 +170,7 @@ impl Reconciler {
                             ifindex: *ifindex,
                             queue: worker as u32,
                             state: format!("down: {e:#}"),
+                            opened_ms: None,
                             kernel: Default::default(),
                         });
                     }
@@ -135,11 +188,11 @@ impl Reconciler {
             self.detach(&ifname);
         }
         tracing::info!(
-            generation,
+            tables_generation = generation,
             interfaces = self.attached.len(),
-            "state applied"
+            "tables published"
         );
-        Ok(generation)
+        generation
     }
 
     fn attach(&mut self, ifname: &str, ifindex: u32, role: &Role) -> anyhow::Result<()> {
@@ -244,12 +297,17 @@ fn pick_cores(config: &EngineConfig) -> anyhow::Result<Vec<usize>> {
 
 /// Runs the engine until SIGINT or SIGTERM.
 pub fn run(config: EngineConfig) -> anyhow::Result<()> {
-    if config.workers == 0 {
-        bail!("--workers must be at least 1");
-    }
+    config.validate()?;
     let epoch = Instant::now();
-    let initial = read_state(&config.state)?;
-    let tables = TablesHandle::new(initial);
+    let (state, initial) = match &config.state {
+        Some(path) => read_state(path)?,
+        None => {
+            let state = NodeState::empty();
+            let tables = Tables::build(state.clone()).context("the empty node state")?;
+            (state, tables)
+        }
+    };
+    let tables = TablesHandle::new(initial.clone());
     let cores = pick_cores(&config)?;
 
     let xsk_config = XskConfig {
@@ -282,6 +340,7 @@ pub fn run(config: EngineConfig) -> anyhow::Result<()> {
             hugepages: ios.iter().map(|io| io.uses_hugepages()).collect(),
             started: Some(epoch),
         },
+        api: Arc::new(ApiBoard::default()),
     });
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -323,6 +382,8 @@ pub fn run(config: EngineConfig) -> anyhow::Result<()> {
 
     let reconciler = Arc::new(Mutex::new(Reconciler {
         state_path: config.state.clone(),
+        state,
+        agent_generation: 0,
         tables,
         attached: HashMap::new(),
         workers: senders,
@@ -335,7 +396,16 @@ pub fn run(config: EngineConfig) -> anyhow::Result<()> {
     reconciler
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .apply()?;
+        .serve(initial);
+
+    // Bound before the stats socket: once that answers, agents can connect.
+    let api = match &config.api_socket {
+        Some(path) => Some(
+            ApiServer::serve(path, reconciler.clone(), shared.api.clone())
+                .with_context(|| format!("serve API socket {}", path.display()))?,
+        ),
+        None => None,
+    };
 
     let reload = {
         let reconciler = reconciler.clone();
@@ -343,7 +413,7 @@ pub fn run(config: EngineConfig) -> anyhow::Result<()> {
             reconciler
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .apply()
+                .reload()
                 .map_err(|e| format!("{e:#}"))
         })
     };
@@ -353,6 +423,8 @@ pub fn run(config: EngineConfig) -> anyhow::Result<()> {
         workers = config.workers,
         cores = ?cores,
         socket = %config.stats_socket.display(),
+        api_socket = ?config.api_socket,
+        state = ?config.state,
         "engine ready"
     );
 
@@ -360,6 +432,8 @@ pub fn run(config: EngineConfig) -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(100));
     }
     tracing::info!("stopping");
+    // The agent first: its connection closes and changes nothing more.
+    drop(api);
     // Detach programs before the sockets go, so no frame is steered to a closed socket.
     {
         let mut reconciler = reconciler.lock().unwrap_or_else(|e| e.into_inner());

@@ -1,11 +1,12 @@
 //! The packet engine: pinned workers running rx batch -> pipeline -> tx batch,
 //! a control thread that attaches interfaces and publishes table snapshots,
-//! and a stats socket.
+//! a stats socket, and the agent API socket.
 //!
 //! Layering: the engine ties the I/O crate (sluice-xsk), the XDP loader
 //! (sluice-xdp) and the pure pipeline together; it never parses Kubernetes
 //! objects.
 
+pub mod api;
 pub mod config;
 pub mod control;
 pub mod counters;

@@ -32,6 +32,9 @@ pub struct PortStatus {
     pub queue: u32,
     /// `up`, or `down: <cause>` after an I/O error (e.g. the interface vanished).
     pub state: String,
+    /// Milliseconds after the engine started at which this socket was opened
+    /// (a socket opened again shows a later time); null if it never opened.
+    pub opened_ms: Option<u64>,
     /// The kernel's counters for this socket (XDP_STATISTICS), read once a second.
     pub kernel: KernelSocketStats,
 }

@@ -1,8 +1,8 @@
 //! The stats socket: a unix socket on which `sluice` (or the lab) writes one
 //! command line and reads one JSON document back.
 //!
-//! Commands: `stats` (counters, ports, generation) and `reload` (re-read the
-//! state file and publish it). Served by its own thread; workers are never
+//! Commands: `stats` (counters, ports, generation, agent API) and `reload`
+//! (re-read the state file and publish it; an error without --state). Served by its own thread; workers are never
 //! involved beyond the counters they already publish.
 
 use std::io::{BufRead, BufReader, Write};
@@ -15,6 +15,7 @@ use serde::Serialize;
 use sluice_pipeline::DropReason;
 use sluice_tables::TablesHandle;
 
+use crate::api::{ApiBoard, ApiStatus};
 use crate::config::{WaitMode, XdpAttach};
 use crate::counters::{CounterSnapshot, WorkerCounters};
 use crate::ports::{PortBoard, PortStatus};
@@ -26,6 +27,8 @@ pub struct EngineShared {
     pub counters: Vec<WorkerCounters>,
     pub ports: PortBoard,
     pub info: EngineInfo,
+    /// The agent API's state (also when no --api-socket is served).
+    pub api: Arc<ApiBoard>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -71,6 +74,8 @@ pub struct StatsReport {
     pub drops: Vec<DropRow>,
     pub workers: Vec<WorkerRow>,
     pub ports: Vec<PortStatus>,
+    /// The agent API: socket, connection, applied agent generation, last refusal.
+    pub api: ApiStatus,
 }
 
 impl EngineShared {
@@ -108,11 +113,13 @@ impl EngineShared {
                 })
                 .collect(),
             ports: self.ports.list(),
+            api: self.api.status(),
         }
     }
 }
 
-/// Re-reads the desired state and applies it; returns the new generation.
+/// Re-reads the state file and applies it; returns the new generation, or
+/// why it could not (no --state, a file that does not parse or conflicts).
 pub type ReloadFn = Box<dyn Fn() -> Result<u64, String> + Send>;
 
 /// The listening socket; removes its path when dropped.

@@ -40,6 +40,8 @@ struct Port {
     fd: RawFd,
     /// Kernel drop count (XDP_STATISTICS rx_dropped + rx_ring_full) already counted.
     kernel_drops_seen: u64,
+    /// When it was opened, in milliseconds after the engine started.
+    opened_ms: u64,
 }
 
 pub struct Worker {
@@ -238,6 +240,7 @@ impl Worker {
             ifindex: port.ifindex,
             queue: port.queue,
             state: format!("down: {cause}"),
+            opened_ms: Some(port.opened_ms),
             kernel: KernelSocketStats::default(),
         });
     }
@@ -287,6 +290,7 @@ impl Worker {
             .open_port(ifname, queue)
             .map_err(|e| format!("open AF_XDP socket on {ifname} queue {queue}: {e}"))?;
         let fd = self.io.port_fd(id);
+        let opened_ms = self.epoch.elapsed().as_millis() as u64;
         self.poll
             .registry()
             .register(
@@ -302,6 +306,7 @@ impl Worker {
             queue,
             fd,
             kernel_drops_seen: 0,
+            opened_ms,
         });
         self.reindex();
         self.shared.ports.set(PortStatus {
@@ -310,6 +315,7 @@ impl Worker {
             ifindex,
             queue,
             state: "up".into(),
+            opened_ms: Some(opened_ms),
             kernel: KernelSocketStats::default(),
         });
         Ok(fd)

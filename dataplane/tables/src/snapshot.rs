@@ -39,6 +39,25 @@ fn default_mtu() -> u32 {
     DEFAULT_MTU
 }
 
+impl NodeState {
+    /// No endpoints, no uplink, no ipcache, and an unspecified gateway
+    /// (`00:00:00:00:00:00`, `0.0.0.0`, `::`): what the engine serves before an
+    /// agent has sent it a state. No interface is attached, so no frame meets it.
+    pub fn empty() -> NodeState {
+        NodeState {
+            gateway: Gateway {
+                mac: crate::MacAddr([0; 6]),
+                ipv4: std::net::Ipv4Addr::UNSPECIFIED,
+                ipv6: std::net::Ipv6Addr::UNSPECIFIED,
+            },
+            endpoints: Vec::new(),
+            mtu: DEFAULT_MTU,
+            uplink: None,
+            ipcache: Vec::new(),
+        }
+    }
+}
+
 /// Everything the per-packet pipeline reads, as one immutable value.
 #[derive(Clone, Debug)]
 pub struct Tables {
@@ -145,6 +164,14 @@ mod tests {
         assert_eq!(handle.publish(tables()), 1);
         assert_eq!(held.generation, 0);
         assert_eq!(handle.load().generation, 1);
+    }
+
+    #[test]
+    fn the_empty_state_builds_tables_without_endpoints() {
+        let tables = Tables::build(NodeState::empty()).unwrap();
+        assert!(tables.endpoints.is_empty());
+        assert!(tables.uplink.is_none());
+        assert_eq!(tables.mtu, DEFAULT_MTU);
     }
 
     #[test]
