@@ -100,6 +100,31 @@ pub fn start(cmd: &mut Command) -> Result<Running> {
     })
 }
 
+/// Like [`run`], with `input` written to the command's stdin (then closed).
+pub fn run_with_input(cmd: &mut Command, input: &[u8], timeout: Duration) -> Result<CmdOutput> {
+    use std::io::Write;
+    let what = describe(cmd);
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot start `{what}`"))?;
+    let stdout = reader(child.stdout.take());
+    let stderr = reader(child.stderr.take());
+    if let Some(mut stdin) = child.stdin.take() {
+        // A command that exits without reading its input is not our error here.
+        let _ = stdin.write_all(input);
+    }
+    Running {
+        what,
+        child,
+        stdout,
+        stderr,
+    }
+    .finish(timeout)
+}
+
 impl Running {
     /// Waits for the command until `timeout`; kills it when it overruns.
     pub fn finish(mut self, timeout: Duration) -> Result<CmdOutput> {

@@ -117,15 +117,22 @@ impl Lab {
         let socket_text = socket.display().to_string();
         let api_socket = self.api_socket();
         let api_socket_text = api_socket.display().to_string();
+        // A CNI lab's engine is always fed by the agent.
+        let cni = self.spec().uses_cni();
+        let (state_file, api) = if cni {
+            (false, true)
+        } else {
+            (options.state_file, options.api_socket)
+        };
         ensure!(
-            options.state_file || options.api_socket,
+            state_file || api,
             "the engine needs a state file, an API socket, or both"
         );
         let mut args = vec![binary_text.as_str()];
-        if options.state_file {
+        if state_file {
             args.extend(["--state", &state]);
         }
-        if options.api_socket {
+        if api {
             args.extend(["--api-socket", &api_socket_text]);
         }
         args.extend(["--stats-socket", &socket_text, "--workers", &workers]);
@@ -133,7 +140,22 @@ impl Lab {
 
         let pid = {
             let mut inner = self.shared.lock()?;
+            let wanted: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+            if cni {
+                // The lab started one to wire its pods: keep it if it is the
+                // one asked for, else replace it (the agent resyncs the new one).
+                let same = inner.engine_args == wanted;
+                if let Some(mut running) = inner.engine.take() {
+                    if same {
+                        let pid = running.child.id();
+                        inner.engine = Some(running);
+                        return Ok(pid);
+                    }
+                    command::terminate(&mut running.child, options.stop_timeout)?;
+                }
+            }
             ensure!(inner.engine.is_none(), "the engine is already running");
+            inner.engine_args = wanted;
             let _ = std::fs::remove_file(&socket);
             let _ = std::fs::remove_file(&api_socket);
             let child = self.spawn_logged(self.node_netns(), ENGINE_LOG, &args)?;
@@ -146,6 +168,10 @@ impl Lab {
         };
 
         match self.wait_for_socket(&socket, options.start_timeout) {
+            Ok(()) if cni && self.agent_pid().is_some() => {
+                self.wait_in_sync(Duration::from_secs(30))?;
+                Ok(pid)
+            }
             Ok(()) => Ok(pid),
             Err(err) => {
                 let _ = self.stop_engine_within(options.stop_timeout);

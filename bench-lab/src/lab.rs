@@ -75,6 +75,21 @@ pub struct LabSpec {
     /// An "outside" namespace joined to the node by its uplink (`uplink0`),
     /// which routes the pod prefixes via the node. Engine mode only.
     pub outside: bool,
+    /// How pods are wired in engine mode.
+    pub wiring: PodWiring,
+}
+
+/// How an engine-mode lab wires its pods.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PodWiring {
+    /// As a container runtime would: sluice-agent runs in the node namespace
+    /// (standalone mode, the lab's manifest directory), sluice-cni ADD creates
+    /// each pod's veth and registers it, and the engine is fed by the agent
+    /// over its API socket.
+    Cni,
+    /// The lab creates the veths itself and hands the engine a node state
+    /// file (`--state`); no agent. Kernel mode always wires this way.
+    Static,
 }
 
 impl LabSpec {
@@ -87,6 +102,7 @@ impl LabSpec {
             pod_tx_checksum_off: true,
             mtu: sluice_tables::DEFAULT_MTU,
             outside: false,
+            wiring: PodWiring::Cni,
         }
     }
 
@@ -99,6 +115,7 @@ impl LabSpec {
             pod_tx_checksum_off: false,
             mtu: sluice_tables::DEFAULT_MTU,
             outside: false,
+            wiring: PodWiring::Static,
         }
     }
 
@@ -112,6 +129,18 @@ impl LabSpec {
         self
     }
 
+    /// Engine mode with the lab wiring the veths and writing a state file
+    /// instead of going through the agent and sluice-cni.
+    pub fn with_static_pods(mut self) -> LabSpec {
+        self.wiring = PodWiring::Static;
+        self
+    }
+
+    /// Whether pods are wired by sluice-cni through the agent.
+    pub fn uses_cni(&self) -> bool {
+        self.mode == Forwarding::Engine && self.wiring == PodWiring::Cni
+    }
+
     /// Adds the outside namespace and the node's uplink (engine mode only).
     pub fn with_outside(mut self, outside: bool) -> LabSpec {
         self.outside = outside;
@@ -119,16 +148,15 @@ impl LabSpec {
     }
 }
 
-/// Pod `i`'s IPv4 address (pods are numbered from 1).
+/// Pod `i`'s IPv4 address (pods are numbered from 1): `10.200.0.<1+i>`, what
+/// the agent's IPAM hands out to the i-th CNI ADD on a fresh node (.1 is the gateway).
 pub fn pod_ipv4(pod: usize) -> Ipv4Addr {
-    Ipv4Addr::new(10, 200, 0, (10 + pod) as u8)
+    Ipv4Addr::new(10, 200, 0, (1 + pod) as u8)
 }
 
-/// Pod `i`'s IPv6 address: `fd00:200::<10+i>`, the number written as the last group.
+/// Pod `i`'s IPv6 address: `fd00:200::` plus `i` (the IPAM's order too).
 pub fn pod_ipv6(pod: usize) -> Ipv6Addr {
-    format!("fd00:200::{}", 10 + pod)
-        .parse()
-        .expect("pod numbers are at most MAX_PODS")
+    Ipv6Addr::from(u128::from(Ipv6Addr::new(0xfd00, 0x200, 0, 0, 0, 0, 0, 0)) + pod as u128)
 }
 
 /// One pod of a lab.
@@ -161,6 +189,9 @@ pub(crate) struct Inner {
     /// Created namespaces, in creation order.
     namespaces: Vec<String>,
     pub(crate) engine: Option<Tracked>,
+    pub(crate) agent: Option<Tracked>,
+    /// The command line of the running engine.
+    pub(crate) engine_args: Vec<String>,
     pub(crate) processes: Vec<Tracked>,
     torn_down: bool,
 }
@@ -219,7 +250,13 @@ impl Shared {
         }
         inner.torn_down = true;
         let mut errors = Vec::new();
-        let tracked: Vec<Tracked> = inner.engine.take().into_iter().collect();
+        // The agent first, so it does not log the engine going away.
+        let tracked: Vec<Tracked> = inner
+            .agent
+            .take()
+            .into_iter()
+            .chain(inner.engine.take())
+            .collect();
         for mut t in tracked
             .into_iter()
             .chain(std::mem::take(&mut inner.processes))
@@ -355,16 +392,56 @@ impl Lab {
                 ],
             )?,
         }
+        if self.spec.outside {
+            self.uplink = Some(self.add_outside()?);
+        }
+        if self.spec.uses_cni() {
+            return self.add_pods_through_cni();
+        }
         for index in 1..=self.spec.pods {
             let pod = self.add_pod(index)?;
             self.pods.push(pod);
         }
-        if self.spec.outside {
-            self.uplink = Some(self.add_outside()?);
-        }
         let state = serde_json::to_string_pretty(&self.node_state())?;
         fs::write(&self.state_path, state + "\n")
             .with_context(|| format!("writing {}", self.state_path.display()))?;
+        Ok(())
+    }
+
+    /// The runtime's way: pod namespaces, manifests, engine and agent, then
+    /// sluice-cni ADD for each pod in order (so the IPAM hands out the planned
+    /// addresses, which is checked).
+    fn add_pods_through_cni(&mut self) -> Result<()> {
+        for index in 1..=self.spec.pods {
+            self.add_netns(&names::pod_netns(&self.shared.prefix, index))?;
+        }
+        self.write_pod_manifests(self.spec.pods)?;
+        self.start_engine(&crate::EngineOptions::default())?;
+        self.start_agent()?;
+        for index in 1..=self.spec.pods {
+            let netns = names::pod_netns(&self.shared.prefix, index);
+            let result = self.cni_add(index)?;
+            let ips = crate::control_plane::result_ips(&result.raw)?;
+            let (ipv4, ipv6) = (pod_ipv4(index), pod_ipv6(index));
+            ensure!(
+                ips.contains(&ipv4.into()) && ips.contains(&ipv6.into()),
+                "pod {index}: sluice-cni handed out {ips:?}, the lab plans {ipv4} and {ipv6}"
+            );
+            let host = crate::control_plane::result_host_ifname(&result.raw)?;
+            let (_, mac) = link_info(&netns, "eth0")?;
+            let (node_ifindex, _) = link_info(&self.node_netns, &host)?;
+            self.pods.push(Pod {
+                index,
+                name: format!("default/pod{index}"),
+                netns,
+                ipv4,
+                ipv6,
+                mac,
+                node_ifname: host,
+                node_ifindex,
+            });
+        }
+        self.wait_in_sync(Duration::from_secs(30))?;
         Ok(())
     }
 
@@ -782,10 +859,10 @@ mod tests {
 
     #[test]
     fn pod_addresses_follow_the_plan() {
-        assert_eq!(pod_ipv4(1).to_string(), "10.200.0.11");
-        assert_eq!(pod_ipv6(1).to_string(), "fd00:200::11");
-        assert_eq!(pod_ipv4(MAX_PODS).to_string(), "10.200.0.210");
-        assert_eq!(pod_ipv6(MAX_PODS).to_string(), "fd00:200::210");
+        assert_eq!(pod_ipv4(1).to_string(), "10.200.0.2");
+        assert_eq!(pod_ipv6(1).to_string(), "fd00:200::1");
+        assert_eq!(pod_ipv4(MAX_PODS).to_string(), "10.200.0.201");
+        assert_eq!(pod_ipv6(MAX_PODS).to_string(), "fd00:200::c8");
     }
 
     #[test]

@@ -79,7 +79,7 @@ fn engine_mode_without_an_engine_leaves_pods_isolated() {
     if !root_or_skip("engine_mode_without_an_engine_leaves_pods_isolated") {
         return;
     }
-    let lab = Lab::new(LabSpec::engine(2)).unwrap();
+    let lab = Lab::new(LabSpec::engine(2).with_static_pods()).unwrap();
     for (from, to) in [(1, 2), (2, 1)] {
         let target = lab.pod(to).unwrap().clone();
         for addr in [IpAddr::from(target.ipv4), IpAddr::from(target.ipv6)] {
@@ -133,7 +133,7 @@ fn state_file_names_the_node_side_ifindex_and_the_pod_mac() {
     if !root_or_skip("state_file_names_the_node_side_ifindex_and_the_pod_mac") {
         return;
     }
-    let lab = Lab::new(LabSpec::engine(3).with_queues(2)).unwrap();
+    let lab = Lab::new(LabSpec::engine(3).with_queues(2).with_static_pods()).unwrap();
     let text = std::fs::read_to_string(lab.state_path()).unwrap();
     let state: NodeState = serde_json::from_str(&text).unwrap();
     assert_eq!(state, lab.node_state());
@@ -148,12 +148,9 @@ fn state_file_names_the_node_side_ifindex_and_the_pod_mac() {
         assert_eq!(ep.ifname, format!("lxc{index}"));
         assert_eq!(
             ep.ipv4.unwrap().to_string(),
-            format!("10.200.0.{}", 10 + index)
+            format!("10.200.0.{}", 1 + index)
         );
-        assert_eq!(
-            ep.ipv6.unwrap().to_string(),
-            format!("fd00:200::{}", 10 + index)
-        );
+        assert_eq!(ep.ipv6.unwrap().to_string(), format!("fd00:200::{index}"));
         assert_eq!(ep.identity, 0);
         let node_link = &ip_json(lab.node_netns(), &["-d", "link", "show", "dev", &ep.ifname])[0];
         assert_eq!(node_link["ifindex"].as_u64(), Some(u64::from(ep.ifindex)));
@@ -170,7 +167,7 @@ fn the_engine_runs_in_the_node_namespace_answers_stats_and_stops() {
     if !root_or_skip("the_engine_runs_in_the_node_namespace_answers_stats_and_stops") {
         return;
     }
-    let lab = Lab::new(LabSpec::engine(2)).unwrap();
+    let lab = Lab::new(LabSpec::engine(2).with_static_pods()).unwrap();
     let pid = lab.start_engine(&engine_options()).unwrap();
     assert_eq!(lab.engine_pid(), Some(pid));
     // The engine runs inside the node namespace.
@@ -203,7 +200,7 @@ fn an_engine_that_fails_to_start_is_reported_with_its_log() {
     if !root_or_skip("an_engine_that_fails_to_start_is_reported_with_its_log") {
         return;
     }
-    let lab = Lab::new(LabSpec::engine(1)).unwrap();
+    let lab = Lab::new(LabSpec::engine(1).with_static_pods()).unwrap();
     std::fs::write(lab.state_path(), "{ not json").unwrap();
     let err = format!("{:#}", lab.start_engine(&engine_options()).unwrap_err());
     assert!(err.contains("exited"), "{err}");
@@ -223,7 +220,7 @@ fn a_panicking_test_leaves_no_namespace_and_no_process() {
     }
     let seen: Mutex<Option<(String, PathBuf, u32, u32)>> = Mutex::new(None);
     let result = catch_unwind(AssertUnwindSafe(|| {
-        let lab = Lab::new(LabSpec::engine(2)).unwrap();
+        let lab = Lab::new(LabSpec::engine(2).with_static_pods()).unwrap();
         let engine = lab.start_engine(&engine_options()).unwrap();
         let server = lab.iperf3_server(2).unwrap();
         *seen.lock().unwrap() = Some((

@@ -25,7 +25,7 @@ fn root_or_skip(test: &str) -> bool {
 /// A two-pod lab whose engine has an API socket and, with `state_file`, the
 /// lab's state file too.
 fn api_lab(state_file: bool) -> Lab {
-    let lab = Lab::new(LabSpec::engine(2)).expect("lab up");
+    let lab = Lab::new(LabSpec::engine(2).with_static_pods()).expect("lab up");
     lab.start_engine(&EngineOptions {
         state_file,
         api_socket: true,

@@ -258,7 +258,8 @@ fn an_interface_that_vanishes_is_reported_and_the_others_keep_forwarding() {
     }
     let lab = engine_lab(3, 1);
     assert!(lab.ping(1, v4(&lab, 3), 1).unwrap().all_received());
-    lab.exec_node(&["ip", "link", "del", "lxc3"], Duration::from_secs(5))
+    let gone = lab.pod(3).unwrap().node_ifname.clone();
+    lab.exec_node(&["ip", "link", "del", &gone], Duration::from_secs(5))
         .unwrap();
     // Traffic toward the vanished pod makes the engine try to use the socket.
     let _ = lab.ping(1, v4(&lab, 3), 2);
@@ -271,16 +272,16 @@ fn an_interface_that_vanishes_is_reported_and_the_others_keep_forwarding() {
     let ports = stats["ports"].as_array().unwrap();
     let lxc3 = ports
         .iter()
-        .find(|p| p["ifname"] == "lxc3")
-        .unwrap_or_else(|| panic!("lxc3 missing from {ports:?}"));
+        .find(|p| p["ifname"] == gone.as_str())
+        .unwrap_or_else(|| panic!("{gone} missing from {ports:?}"));
     let state = lxc3["state"].as_str().unwrap();
     assert!(
-        state.starts_with("down: ") && state.contains("lxc3"),
-        "lxc3 shown as {state:?}"
+        state.starts_with("down: ") && state.contains(gone.as_str()),
+        "{gone} shown as {state:?}"
     );
     assert!(ports
         .iter()
-        .filter(|p| p["ifname"] != "lxc3")
+        .filter(|p| p["ifname"] != gone.as_str())
         .all(|p| p["state"] == "up"));
 }
 

@@ -615,7 +615,9 @@ fn snapshot(lab: &Lab, attached: &Attached, engine: bool) -> Result<Snapshot> {
 fn run_trial(config: &ForwardConfig, variant: Variant, round: u32) -> Result<Trial> {
     let spec = match variant {
         Variant::Kernel => LabSpec::kernel(2),
-        Variant::Devmap | Variant::Engine => LabSpec::engine(2),
+        // The devmap baseline puts its own XDP programs on the veths: no engine, no agent.
+        Variant::Devmap => LabSpec::engine(2).with_static_pods(),
+        Variant::Engine => LabSpec::engine(2),
     };
     let lab = Lab::new(spec)?;
     let result = measure(config, variant, round, &lab);

@@ -624,7 +624,10 @@ fn run_trial(
     round: u32,
 ) -> Result<Trial> {
     let started = Instant::now();
-    let spec = if variant == Variant::Devmap || variant.is_engine() {
+    let spec = if variant == Variant::Devmap {
+        // Its own XDP programs on the veths: no engine, no agent.
+        LabSpec::engine(2).with_static_pods()
+    } else if variant.is_engine() {
         LabSpec::engine(2)
     } else {
         LabSpec::kernel(2)

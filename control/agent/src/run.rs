@@ -73,12 +73,20 @@ fn parse_mac(text: &str) -> Result<MacAddr, String> {
     MacAddr::parse(text).ok_or_else(|| format!("{text:?} is not a MAC like 02:00:00:00:00:01"))
 }
 
-fn read_sys(ifname: &str, file: &str) -> anyhow::Result<String> {
-    let path = format!("/sys/class/net/{ifname}/{file}");
-    Ok(std::fs::read_to_string(&path)
-        .with_context(|| format!("--uplink {ifname}: read {path}"))?
-        .trim()
-        .to_string())
+/// ifindex and MAC of `ifname` in this process's network namespace.
+fn link_of(ifname: &str) -> anyhow::Result<(u32, MacAddr)> {
+    let ifindex = nix::net::if_::if_nametoindex(ifname).with_context(|| {
+        format!("--uplink {ifname}: no such interface in the agent's network namespace")
+    })?;
+    let addrs = nix::ifaddrs::getifaddrs().context("list interface addresses")?;
+    let mac = addrs
+        .filter(|a| a.interface_name == ifname)
+        .find_map(|a| {
+            a.address
+                .and_then(|s| s.as_link_addr().and_then(|l| l.addr()))
+        })
+        .with_context(|| format!("--uplink {ifname}: no MAC address"))?;
+    Ok((ifindex, MacAddr(mac)))
 }
 
 fn uplink(args: &AgentArgs) -> anyhow::Result<Option<Uplink>> {
@@ -88,12 +96,7 @@ fn uplink(args: &AgentArgs) -> anyhow::Result<Option<Uplink>> {
     let Some(next_hop_mac) = args.uplink_next_hop_mac else {
         bail!("--uplink needs --uplink-next-hop-mac");
     };
-    let ifindex: u32 = read_sys(ifname, "ifindex")?
-        .parse()
-        .context("uplink ifindex")?;
-    let mac_text = read_sys(ifname, "address")?;
-    let mac = MacAddr::parse(&mac_text)
-        .with_context(|| format!("--uplink {ifname}: MAC {mac_text:?}"))?;
+    let (ifindex, mac) = link_of(ifname)?;
     Ok(Some(Uplink {
         ifname: ifname.clone(),
         ifindex,
