@@ -255,7 +255,15 @@ fn build(args: &LabArgs) -> Result<Lab> {
             pod.index, pod.ipv4, pod.ipv6, pod.mac, pod.node_ifname, pod.node_ifindex, pod.netns
         );
     }
-    println!("  state file {}", lab.state_path().display());
+    if lab.spec().uses_cni() {
+        println!(
+            "  pods wired by sluice-cni; agent socket {}, manifests {}",
+            lab.agent_socket().display(),
+            lab.manifests_dir().display()
+        );
+    } else {
+        println!("  state file {}", lab.state_path().display());
+    }
     Ok(lab)
 }
 
@@ -338,9 +346,10 @@ fn demo(args: &LabArgs, count: u32, seconds: u32) -> Result<()> {
     Ok(())
 }
 
-/// Shows the engine's counters the way a user reads them: with the `sluice`
-/// CLI built beside the engine (`sluice stats`, `sluice drops`). Returns the
-/// number of failures.
+/// Shows the node the way a user reads it: with the `sluice` CLI built beside
+/// the engine (`sluice status`, `endpoint list`, `identity list` from the
+/// agent when the lab has one; `sluice stats`, `sluice drops` from the engine).
+/// Returns the number of failures.
 fn print_engine_counters(lab: &Lab) -> usize {
     let cli = match sluice_lab::find_engine() {
         Ok(engine) => engine.with_file_name("sluice"),
@@ -349,13 +358,23 @@ fn print_engine_counters(lab: &Lab) -> usize {
             return 1;
         }
     };
+    let mut views: Vec<(&str, Vec<&str>)> = Vec::new();
+    if lab.agent_pid().is_some() {
+        views.push(("agent and engine", vec!["status"]));
+        views.push(("endpoints", vec!["endpoint", "list"]));
+        views.push(("identities", vec!["identity", "list"]));
+    }
+    views.push(("engine counters", vec!["stats"]));
+    views.push(("drops by reason", vec!["drops"]));
     let mut failures = 0;
-    for (title, command) in [("engine counters", "stats"), ("drops by reason", "drops")] {
-        println!("\n{title} (sluice {command}):");
+    for (title, command) in views {
+        println!("\n{title} (sluice {}):", command.join(" "));
         let out = std::process::Command::new(&cli)
             .arg("--engine-socket")
             .arg(lab.stats_socket())
-            .arg(command)
+            .arg("--agent-socket")
+            .arg(lab.agent_socket())
+            .args(&command)
             .output();
         match out {
             Ok(out) if out.status.success() => {
@@ -363,6 +382,7 @@ fn print_engine_counters(lab: &Lab) -> usize {
             }
             Ok(out) => {
                 failures += 1;
+                print!("{}", String::from_utf8_lossy(&out.stdout));
                 println!("  error: {}", String::from_utf8_lossy(&out.stderr).trim());
             }
             Err(err) => {
