@@ -6,7 +6,7 @@ set -eu
 . "$(dirname "$0")/common.sh"
 
 lab_namespaces() {
-    ip netns list | awk '{print $1}' | grep -E '^sl[0-9]+x[0-9]+-' || true
+    ip netns list | awk '{print $1}' | grep -E '^(sl[0-9]+x[0-9]+-|slcni[0-9]+-)' || true
 }
 
 # Whatever happens below, remove labs whose test process is gone.
