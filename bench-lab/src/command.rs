@@ -83,9 +83,13 @@ pub struct Running {
 
 /// Starts `cmd` with its output captured; [`Running::finish`] collects it.
 pub fn start(cmd: &mut Command) -> Result<Running> {
+    spawn_collecting(cmd.stdin(Stdio::null()))
+}
+
+/// Spawns `cmd` (stdin as the caller set it) with stdout and stderr collected.
+fn spawn_collecting(cmd: &mut Command) -> Result<Running> {
     let what = describe(cmd);
     let mut child = cmd
-        .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -103,26 +107,12 @@ pub fn start(cmd: &mut Command) -> Result<Running> {
 /// Like [`run`], with `input` written to the command's stdin (then closed).
 pub fn run_with_input(cmd: &mut Command, input: &[u8], timeout: Duration) -> Result<CmdOutput> {
     use std::io::Write;
-    let what = describe(cmd);
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("cannot start `{what}`"))?;
-    let stdout = reader(child.stdout.take());
-    let stderr = reader(child.stderr.take());
-    if let Some(mut stdin) = child.stdin.take() {
+    let mut running = spawn_collecting(cmd.stdin(Stdio::piped()))?;
+    if let Some(mut stdin) = running.child.stdin.take() {
         // A command that exits without reading its input is not our error here.
         let _ = stdin.write_all(input);
     }
-    Running {
-        what,
-        child,
-        stdout,
-        stderr,
-    }
-    .finish(timeout)
+    running.finish(timeout)
 }
 
 impl Running {

@@ -61,29 +61,7 @@ impl Default for EngineOptions {
 /// The engine binary: `$SLUICE_ENGINE`, else `sluice-engine` next to the
 /// current executable, or one directory up (test binaries live in `deps/`).
 pub fn find_engine() -> Result<PathBuf> {
-    if let Some(path) = std::env::var_os(ENGINE_ENV) {
-        let path = PathBuf::from(path);
-        ensure!(
-            path.is_file(),
-            "${ENGINE_ENV} names {}, which is not a file",
-            path.display()
-        );
-        return Ok(path);
-    }
-    let exe = std::env::current_exe().context("finding the current executable")?;
-    let mut tried = Vec::new();
-    for dir in exe.ancestors().skip(1).take(2) {
-        let candidate = dir.join(ENGINE_BIN);
-        if candidate.is_file() {
-            return Ok(candidate);
-        }
-        tried.push(candidate.display().to_string());
-    }
-    bail!(
-        "no {ENGINE_BIN} binary found (tried {}); build it with \
-         `cargo build --release -p sluice-engine` or set ${ENGINE_ENV}",
-        tried.join(", ")
-    )
+    crate::binaries::find_binary((ENGINE_BIN, ENGINE_ENV))
 }
 
 impl Lab {

@@ -145,8 +145,16 @@ impl Object {
     }
 
     pub fn key(&self) -> ObjectKey {
-        let meta = self.metadata();
-        let kind = self.kind();
+        ObjectKey::of(self.kind(), self.metadata())
+    }
+}
+
+impl ObjectKey {
+    /// Where an object of `kind` with `meta` lives (namespaced kinds default to `default`).
+    pub fn of(
+        kind: Kind,
+        meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    ) -> ObjectKey {
         ObjectKey {
             kind,
             namespace: if kind.namespaced() {

@@ -366,15 +366,7 @@ fn is_not_found(error: &watcher::Error) -> bool {
 
 /// Where an object of `kind` lives, as [`Object::key`] computes it.
 fn object_key(kind: Kind, meta: &ObjectMeta) -> ObjectKey {
-    ObjectKey {
-        kind,
-        namespace: if kind.namespaced() {
-            meta.namespace.clone().unwrap_or_else(|| "default".into())
-        } else {
-            String::new()
-        },
-        name: meta.name.clone().unwrap_or_default(),
-    }
+    ObjectKey::of(kind, meta)
 }
 
 /// Decodes a watched object into our typed [`Object`], or names the object
