@@ -3,4 +3,5 @@
 //! test binary's target directory, or `$SLUICE_ENGINE`; `scripts/test.sh`
 //! builds it first.
 
+pub mod cni;
 pub mod containerd;

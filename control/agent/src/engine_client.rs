@@ -164,7 +164,7 @@ async fn session(core: &AgentCore, socket: &PathBuf, agent_name: &str) -> anyhow
                         if is_snapshot {
                             // Nothing to build on; wait for the next change and send it whole.
                             engine_state = None;
-                            if desired.changed().await.is_err() {
+                            if !idle(&mut conn, &mut desired, core).await? {
                                 return Ok(());
                             }
                         } else {
@@ -182,8 +182,35 @@ async fn session(core: &AgentCore, socket: &PathBuf, agent_name: &str) -> anyhow
             }
             continue;
         }
-        if desired.changed().await.is_err() {
+        if !idle(&mut conn, &mut desired, core).await? {
             return Ok(());
         }
+    }
+}
+
+/// Waits for the next generation while watching the connection: the engine
+/// sends nothing unsolicited but `Refused`, so end of file or an error here
+/// means it went away, and the agent must stop reporting it connected (and
+/// reconnect to send a restarted engine its snapshot) without waiting for a
+/// change to send. `Ok(false)` when the desired state's sender is gone.
+async fn idle(
+    conn: &mut Connection,
+    desired: &mut tokio::sync::watch::Receiver<crate::core::Generation>,
+    core: &AgentCore,
+) -> anyhow::Result<bool> {
+    // fill_buf is cancel safe: when the generation changes first, nothing is lost.
+    let readable = tokio::select! {
+        changed = desired.changed() => return Ok(changed.is_ok()),
+        buffered = conn.reader.fill_buf() => buffered.map(|b| b.len()),
+    };
+    match readable.context("read from the engine")? {
+        0 => bail!("the engine closed the connection"),
+        _ => match conn.recv().await? {
+            EngineToAgent::Refused { reason } => {
+                core.update_engine(|v| v.refusal = Some(reason.clone()));
+                bail!("the engine refused: {reason}");
+            }
+            other => bail!("unexpected message from the engine while idle: {other:?}"),
+        },
     }
 }
