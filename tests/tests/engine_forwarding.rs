@@ -409,3 +409,28 @@ fn the_outside_reaches_the_pods_only_through_the_engine_and_the_node_directly() 
         links.stdout
     );
 }
+
+#[test]
+fn every_pod_interface_gets_fill_frames_however_many_share_the_pool() {
+    if !root_or_skip("every_pod_interface_gets_fill_frames_however_many_share_the_pool") {
+        return;
+    }
+    // 6 pods on one worker whose pool (1024 frames) is smaller than one fill
+    // ring (2048): the first port opened used to take every frame and the
+    // others received into empty fill rings, dropping everything.
+    let lab = Lab::new(LabSpec::engine(6)).expect("lab up");
+    lab.start_engine(&EngineOptions {
+        extra_args: vec!["--frames".into(), "1024".into()],
+        ..EngineOptions::default()
+    })
+    .expect("engine with a small pool");
+    for from in 2..=6 {
+        let r = lab.ping(from, v4(&lab, 1), 2).unwrap();
+        assert!(r.all_received(), "pod{from} -> pod1: {r:?}");
+    }
+    // Every port got a share of the pool: a reply to each pod came through.
+    for to in 2..=6 {
+        let r = lab.ping(1, v4(&lab, to), 2).unwrap();
+        assert!(r.all_received(), "pod1 -> pod{to}: {r:?}");
+    }
+}

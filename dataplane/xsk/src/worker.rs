@@ -57,6 +57,9 @@ struct Slot {
     port: Option<Port>,
 }
 
+/// Fewest frames a port's fill ring is given, however many ports share the pool.
+const MIN_FILL_SHARE: u32 = 32;
+
 /// One worker's AF_XDP I/O: a UMEM shared (`XDP_SHARED_UMEM`) by all of the worker's
 /// ports, the pool of free frames, and the ports. `Send`, not `Sync`: build it on the
 /// worker thread or move it there.
@@ -400,9 +403,26 @@ impl WorkerIo {
 
     /// Tops up port `i`'s fill ring from the pool; `None` if there is no live port there.
     fn refill(&mut self, i: usize) -> Option<Result<(), XskError>> {
+        // Each port's fill ring holds at most its share of the pool (half of
+        // it split over the live ports, at least one batch): otherwise the
+        // first ports opened take every frame and a later one starts with an
+        // empty fill ring and drops what it receives.
+        let live = self
+            .ports
+            .iter()
+            .filter(|s| s.port.as_ref().is_some_and(|p| p.state == PortState::Live))
+            .count()
+            .max(1) as u32;
+        let share = (self.umem.frame_count / (2 * live))
+            .max(MIN_FILL_SHARE)
+            .min(self.cfg.fill_ring);
+        let fill_size = self.cfg.fill_ring;
         let slot = &mut self.ports[i];
         let p = slot.port.as_mut().filter(|p| p.state == PortState::Live)?;
-        let room = p.fill.free().min(self.ledger.free_count() as u32);
+        let in_ring = fill_size.saturating_sub(p.fill.free());
+        let room = share
+            .saturating_sub(in_ring)
+            .min(self.ledger.free_count() as u32);
         for _ in 0..room {
             let Some(index) = self.ledger.take_for_fill(i as u16) else {
                 break;
