@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use sluice_lab::bench::forward::{self, ForwardConfig, Generator, Variant};
 use sluice_lab::bench::rules::Loader;
 use sluice_lab::bench::scenarios::{self, ScenariosConfig};
+use sluice_lab::bench::sync::{self, SyncConfig};
 use sluice_lab::{
     cleanup, teardown_all, CleanupScope, EngineOptions, Forwarding, Lab, LabSpec, PingResult,
 };
@@ -100,6 +101,33 @@ enum BenchCmd {
     /// kube-proxy-shaped iptables/nftables services), XDP devmap and the engine (1 or 2
     /// workers); trials interleaved per scenario. Prints a Markdown table per scenario.
     Scenarios(ScenariosArgs),
+    /// Control plane: N pods (distinct labels, so N identities, one podIP each) from a
+    /// manifest directory to the engine's tables through a fresh sluice-agent (time to full
+    /// sync), then single-label edits to the engine's ack; sizes interleaved, the largest
+    /// over the smallest as ratios. Prints a Markdown table.
+    Sync(SyncArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct SyncArgs {
+    /// Pod counts, comma separated; the last over the first gives the ratios.
+    #[arg(long, value_delimiter = ',', default_value = "100,1000")]
+    sizes: Vec<usize>,
+    /// Rounds; each runs every size once.
+    #[arg(long, default_value_t = 3)]
+    trials: u32,
+    /// Label edits per trial after the full sync.
+    #[arg(long, default_value_t = 20)]
+    edits: usize,
+    /// Namespaces the pods are spread over (one manifest file each).
+    #[arg(long, default_value_t = 10)]
+    namespaces: usize,
+    /// Agent status polling period in milliseconds.
+    #[arg(long, default_value_t = 5)]
+    poll_ms: u64,
+    /// Write every trial and the summary as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -224,6 +252,9 @@ fn main() {
         Cmd::Bench {
             bench: BenchCmd::Scenarios(args),
         } => bench_scenarios(args),
+        Cmd::Bench {
+            bench: BenchCmd::Sync(args),
+        } => bench_sync(args),
         Cmd::Cleanup { all } => clean(all),
         Cmd::Leak { pods } => leak(pods),
     };
@@ -478,6 +509,25 @@ fn bench_scenarios(args: ScenariosArgs) -> Result<()> {
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     let report = scenarios::run(&config, command)?;
     scenarios::print_report(&report);
+    finish_report(
+        &report,
+        args.json.as_deref(),
+        report.trials.len(),
+        report.failed.len(),
+    )
+}
+
+fn bench_sync(args: SyncArgs) -> Result<()> {
+    let config = SyncConfig {
+        sizes: args.sizes,
+        trials: args.trials,
+        edits: args.edits,
+        namespaces: args.namespaces,
+        poll_ms: args.poll_ms,
+    };
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    let report = sync::run(&config, command)?;
+    sync::print_report(&report);
     finish_report(
         &report,
         args.json.as_deref(),

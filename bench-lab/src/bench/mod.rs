@@ -6,6 +6,9 @@
 //! [`scenarios`]: UDP 64/1500-byte, one TCP stream, TCP request/response latency and new TCP
 //! connections per second, over the kernel (with and without conntrack), kube-proxy-shaped
 //! iptables/nftables services, an XDP devmap and the engine with one or two workers.
+//!
+//! [`sync`]: the control plane: N pods and their identities from manifests to the engine's
+//! tables (full sync) and one manifest edit to the engine's ack, N=1000 beside N=100.
 
 pub mod forward;
 mod machine;
@@ -14,5 +17,6 @@ mod machine;
 mod labkit;
 pub mod rules;
 pub mod scenarios;
+pub mod sync;
 
 pub use machine::{CpuTimes, Machine};

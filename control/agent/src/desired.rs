@@ -145,8 +145,9 @@ pub fn needed_label_sets(
     sets
 }
 
-/// Allocates identities for new label sets (saving the allocator when it
-/// changed), then computes the desired state.
+/// Allocates identities for new label sets, releases unused ones once the
+/// store is synced (saving the allocator when it changed), then computes the
+/// desired state.
 pub fn resolve(
     store: &Store,
     attachments: &Attachments,
@@ -154,9 +155,17 @@ pub fn resolve(
     ids: &mut IdentityAllocator,
 ) -> Result<Desired, IdentitiesExhausted> {
     let needed = needed_label_sets(store, attachments, config);
-    let mut changed = ids.retain_used(&needed);
+    // New label sets first: a relabelled pod gets a new number, rather than
+    // its old number re-pointed at other labels within one generation.
+    let mut changed = false;
     for set in &needed {
         changed |= ids.assign(set)?.1;
+    }
+    // Unused numbers are released only once the source delivered its full
+    // listing: a restarted agent starts with an empty store, and releasing
+    // then would renumber every identity when the objects arrive.
+    if store.all_synced() {
+        changed |= ids.retain_used(&needed);
     }
     if changed {
         if let Err(e) = ids.save() {

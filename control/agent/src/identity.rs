@@ -1,7 +1,7 @@
 //! Security identities: Cilium's reserved numbers and the allocator for
 //! label-derived ones, persisted so numbers survive agent restarts.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
@@ -48,6 +48,13 @@ pub struct IdentitiesExhausted;
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct IdentityAllocator {
     by_labels: BTreeMap<String, u32>,
+    /// The numbers in `by_labels`, kept beside it so that finding a free one
+    /// does not walk every allocation.
+    #[serde(skip)]
+    used: BTreeSet<u32>,
+    /// No number below this one is free (a lower bound of the lowest free one).
+    #[serde(skip)]
+    free_from: u32,
     #[serde(skip)]
     path: Option<PathBuf>,
 }
@@ -61,8 +68,23 @@ impl IdentityAllocator {
     /// Loads the allocations from `path` (empty when the file does not exist).
     pub fn open(path: PathBuf) -> anyhow::Result<IdentityAllocator> {
         let mut allocator: IdentityAllocator = persist::load(&path)?;
+        allocator.used = allocator.by_labels.values().copied().collect();
+        allocator.free_from = FIRST_ALLOCATED;
         allocator.path = Some(path);
         Ok(allocator)
+    }
+
+    /// The lowest free number from [`FIRST_ALLOCATED`]: the first gap in
+    /// `used` at or above `free_from`.
+    fn lowest_free(&self) -> Option<u32> {
+        let mut candidate = self.free_from.max(FIRST_ALLOCATED);
+        for &n in self.used.range(candidate..) {
+            if n != candidate {
+                break;
+            }
+            candidate = n.checked_add(1)?;
+        }
+        (candidate <= LAST_ALLOCATED).then_some(candidate)
     }
 
     /// The number for `labels`, allocating the lowest free one if it is new.
@@ -72,21 +94,28 @@ impl IdentityAllocator {
         if let Some(id) = self.by_labels.get(&key) {
             return Ok((*id, false));
         }
-        let used: std::collections::BTreeSet<u32> = self.by_labels.values().copied().collect();
-        let id = (FIRST_ALLOCATED..=LAST_ALLOCATED)
-            .find(|n| !used.contains(n))
-            .ok_or(IdentitiesExhausted)?;
+        let id = self.lowest_free().ok_or(IdentitiesExhausted)?;
         self.by_labels.insert(key, id);
+        self.used.insert(id);
+        self.free_from = id + 1;
         Ok((id, true))
     }
 
     /// Releases the numbers of label sets no longer in use (Cilium's identity
     /// GC); returns whether anything was released. A label set that comes back
     /// later gets the lowest free number again, possibly a different one.
-    pub fn retain_used(&mut self, used: &std::collections::BTreeSet<LabelSet>) -> bool {
-        let keys: std::collections::BTreeSet<String> = used.iter().map(key_of).collect();
+    pub fn retain_used(&mut self, used: &BTreeSet<LabelSet>) -> bool {
+        let keys: BTreeSet<String> = used.iter().map(key_of).collect();
         let before = self.by_labels.len();
-        self.by_labels.retain(|k, _| keys.contains(k));
+        let (numbers, free_from) = (&mut self.used, &mut self.free_from);
+        self.by_labels.retain(|k, id| {
+            let keep = keys.contains(k);
+            if !keep {
+                numbers.remove(id);
+                *free_from = (*free_from).min(*id);
+            }
+            keep
+        });
         self.by_labels.len() != before
     }
 
@@ -180,5 +209,27 @@ mod tests {
         assert_eq!(b.get(&web), Some(256));
         assert_eq!(b.assign(&set(&["k8s:app=y"])).unwrap(), (257, true));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn released_numbers_are_found_again_lowest_first() {
+        let mut a = IdentityAllocator::in_memory();
+        let sets: Vec<LabelSet> = (0..6).map(|i| set(&[&format!("k8s:app={i}")])).collect();
+        for (i, s) in sets.iter().enumerate() {
+            assert_eq!(a.assign(s).unwrap(), (FIRST_ALLOCATED + i as u32, true));
+        }
+        // Release 257 and 259.
+        let kept = [&sets[0], &sets[2], &sets[4], &sets[5]]
+            .into_iter()
+            .cloned()
+            .collect();
+        assert!(a.retain_used(&kept));
+        assert!(!a.retain_used(&kept));
+        assert_eq!(a.assign(&set(&["k8s:app=x"])).unwrap(), (257, true));
+        assert_eq!(a.assign(&set(&["k8s:app=y"])).unwrap(), (259, true));
+        assert_eq!(a.assign(&set(&["k8s:app=z"])).unwrap(), (262, true));
+        assert_eq!(a.assign(&sets[4]).unwrap(), (260, false));
+        let numbers: Vec<u32> = a.all().into_iter().map(|(id, _)| id).collect();
+        assert_eq!(numbers, [256, 257, 258, 259, 260, 261, 262]);
     }
 }

@@ -166,18 +166,36 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let source_task = tokio::spawn(source.run(store.clone(), stop_rx));
     let server = crate::server::serve(core.clone(), &args.socket).await?;
-    let engine = tokio::spawn(crate::engine_client::run(
-        core.clone(),
-        args.engine_socket.clone(),
-        agent_name,
-    ));
+    // Set once a desired state was computed from a store the source has fully
+    // listed. Until then the engine keeps the state it has: a restarted agent's
+    // store is still loading, and a snapshot of it would give every endpoint
+    // reserved:init and leave out the ipcache entries of pods not yet read.
+    let (synced_tx, mut synced_rx) = tokio::sync::watch::channel(false);
+    let engine = {
+        let core = core.clone();
+        let socket = args.engine_socket.clone();
+        tokio::spawn(async move {
+            if synced_rx.wait_for(|synced| *synced).await.is_ok() {
+                crate::engine_client::run(core, socket, agent_name).await;
+            }
+        })
+    };
     let recompute = {
         let core = core.clone();
+        let store = store.clone();
         let mut revisions = store.subscribe();
         tokio::spawn(async move {
-            core.recompute();
-            while revisions.changed().await.is_ok() {
+            loop {
+                // Kinds never become unsynced: synced before the recompute
+                // means the recompute's own copy of the store is synced too.
+                let synced = *synced_tx.borrow() || store.read(|s| s.all_synced());
                 core.recompute();
+                if synced {
+                    synced_tx.send_if_modified(|s| !std::mem::replace(s, true));
+                }
+                if revisions.changed().await.is_err() {
+                    break;
+                }
             }
         })
     };

@@ -97,7 +97,7 @@ async fn handle(core: Arc<AgentCore>, stream: UnixStream) -> anyhow::Result<()> 
 }
 
 fn allocation_of(core: &AgentCore, record: &AttachmentRecord) -> Allocation {
-    let cidrs = pod_cidrs(&core.store.snapshot(), &core.config);
+    let cidrs = core.store.read(|store| pod_cidrs(store, &core.config));
     Allocation {
         attachment: record.attachment.clone(),
         ipv4: record.ipv4.map(|ip| IpAssignment {
@@ -142,7 +142,7 @@ async fn answer(core: &Arc<AgentCore>, request: AgentRequest) -> AgentResponse {
                     "attachment: container_id and ifname must not be empty",
                 );
             }
-            let cidrs = pod_cidrs(&core.store.snapshot(), &core.config);
+            let cidrs = core.store.read(|store| pod_cidrs(store, &core.config));
             let record = {
                 let mut attachments = core.attachments();
                 match attachments.allocate(&attachment, pod, &netns, &cidrs) {
@@ -261,14 +261,15 @@ async fn answer(core: &Arc<AgentCore>, request: AgentRequest) -> AgentResponse {
 pub fn status(core: &AgentCore) -> AgentStatus {
     let current = core.current();
     let view = core.engine_view();
-    let store = core.store.snapshot();
-    let mut source_errors = store.errors();
+    let (mut source_errors, source_synced) = core
+        .store
+        .read(|store| (store.errors(), store.all_synced()));
     source_errors.extend(current.desired.errors.iter().cloned());
     AgentStatus {
         agent: format!("sluice-agent {}", env!("CARGO_PKG_VERSION")),
         node: core.config.node_name.clone(),
         source: core.source.clone(),
-        source_synced: store.all_synced(),
+        source_synced,
         engine_connected: view.connected,
         engine: view.engine,
         desired_generation: current.number,

@@ -149,6 +149,12 @@ impl StoreHandle {
         self.lock().clone()
     }
 
+    /// Answers a question about the store under its lock, without copying
+    /// every object (status requests, sync checks).
+    pub fn read<R>(&self, question: impl FnOnce(&Store) -> R) -> R {
+        question(&self.lock())
+    }
+
     /// A receiver that wakes on every change.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.revision.subscribe()

@@ -69,6 +69,8 @@ pub struct StatsReport {
     pub uptime_seconds: f64,
     pub generation: u64,
     pub endpoints: usize,
+    /// Addresses in the published ipcache (address -> security identity).
+    pub ipcache_entries: usize,
     pub totals: CounterSnapshot,
     /// Every reason, also those at zero, in number order.
     pub drops: Vec<DropRow>,
@@ -101,6 +103,7 @@ impl EngineShared {
                 .unwrap_or(0.0),
             generation: tables.generation,
             endpoints: tables.endpoints.len(),
+            ipcache_entries: tables.ipcache.len(),
             totals,
             drops,
             workers: snaps
