@@ -424,13 +424,16 @@ fn every_pod_interface_gets_fill_frames_however_many_share_the_pool() {
         ..EngineOptions::default()
     })
     .expect("engine with a small pool");
+    // A port opened late may start with few frames and lose the first echo
+    // until frames recycle (see docs/architecture.md); it must never be
+    // starved for good, which is what the old policy did.
     for from in 2..=6 {
-        let r = lab.ping(from, v4(&lab, 1), 2).unwrap();
-        assert!(r.all_received(), "pod{from} -> pod1: {r:?}");
+        let r = lab.ping(from, v4(&lab, 1), 3).unwrap();
+        assert!(r.received >= 1, "pod{from} -> pod1: {r:?}");
     }
     // Every port got a share of the pool: a reply to each pod came through.
     for to in 2..=6 {
-        let r = lab.ping(1, v4(&lab, to), 2).unwrap();
-        assert!(r.all_received(), "pod1 -> pod{to}: {r:?}");
+        let r = lab.ping(1, v4(&lab, to), 3).unwrap();
+        assert!(r.received >= 1, "pod1 -> pod{to}: {r:?}");
     }
 }
