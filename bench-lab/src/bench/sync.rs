@@ -364,10 +364,17 @@ fn run_trial(config: &SyncConfig, pods: usize, round: u32) -> Result<Trial> {
     };
     let (agent_rss_kib, agent_peak_rss_kib) = rss_kib(pid)?;
     let cpu_at_sync = process_ticks(pid).unwrap_or(0);
+    // nsenter execs the agent in place: the spawned PID is the agent's (comm is
+    // the binary's name, cut to 15 bytes).
+    let binary = find_binary(AGENT)?;
+    let name = binary
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
     ensure!(
-        comm.trim() == "sluice-agent",
-        "pid {pid} is {:?}, not the agent (RSS would be wrong)",
+        name.as_bytes().starts_with(comm.trim().as_bytes()) && !comm.trim().is_empty(),
+        "pid {pid} is {:?}, not the agent {name:?} (its RSS would be wrong)",
         comm.trim()
     );
     let engine = lab.engine_stats()?;
