@@ -5,3 +5,4 @@
 
 pub mod cni;
 pub mod containerd;
+pub mod engine_view;

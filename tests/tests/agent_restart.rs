@@ -17,11 +17,11 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
 use sluice_api::agent::{AgentRequest, AgentResponse, AgentStatus, EndpointInfo, IdentityInfo};
 use sluice_lab::binaries::{find_binary, CLI};
 use sluice_lab::command::{is_root, run};
 use sluice_lab::{parse_ping, CmdOutput, EngineOptions, Lab, LabSpec};
+use sluice_tests::engine_view::{open_ports, xdp_prog_id};
 
 fn root_or_skip(test: &str) -> bool {
     if is_root() {
@@ -81,41 +81,6 @@ fn identity_with<'a>(list: &'a [IdentityInfo], label: &str) -> &'a IdentityInfo 
     list.iter()
         .find(|i| !i.reserved && i.labels.iter().any(|l| l == label))
         .unwrap_or_else(|| panic!("no identity with {label} in {list:?}"))
-}
-
-/// `(ifname, worker, opened_ms)` of every port that is up.
-fn open_ports(stats: &Value) -> Vec<(String, u64, u64)> {
-    let mut ports: Vec<(String, u64, u64)> = stats["ports"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|p| p["state"] == "up")
-        .map(|p| {
-            (
-                p["ifname"].as_str().unwrap().to_string(),
-                p["worker"].as_u64().unwrap(),
-                p["opened_ms"]
-                    .as_u64()
-                    .unwrap_or_else(|| panic!("an up port without opened_ms: {p}")),
-            )
-        })
-        .collect();
-    ports.sort();
-    ports
-}
-
-/// The id of the XDP program on a node interface, from `ip -j -d link`.
-fn xdp_prog_id(lab: &Lab, ifname: &str) -> u64 {
-    let out = lab
-        .exec_node(
-            &["ip", "-j", "-d", "link", "show", "dev", ifname],
-            Duration::from_secs(5),
-        )
-        .unwrap();
-    let links: Value = serde_json::from_str(&out.stdout).unwrap();
-    links[0]["xdp"]["prog"]["id"]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no XDP program on {ifname}: {}", out.stdout))
 }
 
 fn pod_programs(lab: &Lab) -> Vec<u64> {

@@ -13,6 +13,7 @@ use sluice_api::engine::{AgentToEngine, EngineToAgent, Outcome, ENGINE_PROTOCOL_
 use sluice_api::{read_message, write_message, Change};
 use sluice_lab::command::is_root;
 use sluice_lab::{parse_ping, EngineOptions, Lab, LabSpec};
+use sluice_tests::engine_view::{open_ports, xdp_prog_id};
 
 fn root_or_skip(test: &str) -> bool {
     if is_root() {
@@ -134,46 +135,11 @@ fn unreachable(lab: &Lab, from: usize, to: usize) -> bool {
         .all(|addr| lab.ping(from, addr, 2).unwrap().received == 0)
 }
 
-/// `(ifname, worker) -> opened_ms` of every port that is up.
-fn open_ports(stats: &Value) -> Vec<(String, u64, u64)> {
-    let mut ports: Vec<(String, u64, u64)> = stats["ports"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|p| p["state"] == "up")
-        .map(|p| {
-            (
-                p["ifname"].as_str().unwrap().to_string(),
-                p["worker"].as_u64().unwrap(),
-                p["opened_ms"]
-                    .as_u64()
-                    .unwrap_or_else(|| panic!("an up port without opened_ms: {p}")),
-            )
-        })
-        .collect();
-    ports.sort();
-    ports
-}
-
 fn port_names(stats: &Value) -> Vec<String> {
     open_ports(stats)
         .into_iter()
         .map(|(name, _, _)| name)
         .collect()
-}
-
-/// The id of the XDP program on a node interface, from `ip -j -d link`.
-fn xdp_prog_id(lab: &Lab, ifname: &str) -> u64 {
-    let out = lab
-        .exec_node(
-            &["ip", "-j", "-d", "link", "show", "dev", ifname],
-            Duration::from_secs(5),
-        )
-        .unwrap();
-    let links: Value = serde_json::from_str(&out.stdout).unwrap();
-    links[0]["xdp"]["prog"]["id"]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no XDP program on {ifname}: {}", out.stdout))
 }
 
 /// One command on the stats socket (`stats` or `reload`).
