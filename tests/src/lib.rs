@@ -6,3 +6,4 @@
 pub mod cni;
 pub mod containerd;
 pub mod engine_view;
+pub mod root_state;

@@ -17,10 +17,10 @@
 //! - Nothing is left in the root namespace, /etc/cni, /run/containerd, the
 //!   mounts or the cgroup tree.
 
+use sluice_tests::root_state::root_state;
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -29,7 +29,7 @@ use sluice_api::agent::{
     host_ifname, AgentRequest, AgentResponse, Attachment, EndpointInfo, ErrorKind,
 };
 use sluice_lab::binaries::{find_binary, CNI};
-use sluice_lab::command::{is_root, netns_path, run_ok, SETUP_TIMEOUT};
+use sluice_lab::command::{is_root, netns_path};
 use sluice_lab::{EngineOptions, Lab, LabSpec, POD_CIDRS};
 use sluice_tests::cni::link_names;
 use sluice_tests::containerd::{
@@ -216,69 +216,6 @@ fn wget_bytes(from: &RunningContainer, url: &str) -> u64 {
         .trim()
         .parse()
         .unwrap_or_else(|_| panic!("{out:?}"))
-}
-
-/// What must be the same before and after: the root namespace's links and
-/// addresses, the CNI paths, mounts of them, /run/containerd, ip_forward.
-#[derive(Debug, PartialEq, Eq)]
-struct RootState {
-    links: BTreeSet<String>,
-    addresses: BTreeSet<String>,
-    cni_paths: BTreeSet<String>,
-    cni_mounts: BTreeSet<String>,
-    run_containerd: BTreeSet<String>,
-    ip_forward: String,
-}
-
-fn listing(dir: &Path, into: &mut BTreeSet<String>) {
-    if !dir.exists() {
-        return;
-    }
-    into.insert(dir.display().to_string());
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if path.is_dir() && !path.is_symlink() {
-                listing(&path, into);
-            } else {
-                into.insert(path.display().to_string());
-            }
-        }
-    }
-}
-
-fn root_state() -> RootState {
-    let ip = |args: &[&str]| run_ok(Command::new("ip").args(args), SETUP_TIMEOUT).unwrap();
-    let links = ip(&["-o", "link", "show"])
-        .stdout
-        .lines()
-        .filter_map(|l| l.split(':').nth(1).map(|n| n.trim().to_string()))
-        .collect();
-    let addresses = ip(&["-o", "addr", "show"])
-        .stdout
-        .lines()
-        .map(|l| l.split_whitespace().take(4).collect::<Vec<_>>().join(" "))
-        .collect();
-    let mut cni_paths = BTreeSet::new();
-    for dir in ["/etc/cni", "/opt/cni", "/var/lib/cni", "/usr/lib/cni"] {
-        listing(Path::new(dir), &mut cni_paths);
-    }
-    let mut run_containerd = BTreeSet::new();
-    listing(Path::new("/run/containerd"), &mut run_containerd);
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let cni_mounts = mounts
-        .lines()
-        .filter(|l| l.contains("cni") || l.contains("containerd"))
-        .map(String::from)
-        .collect();
-    RootState {
-        links,
-        addresses,
-        cni_paths,
-        cni_mounts,
-        run_containerd,
-        ip_forward: std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap(),
-    }
 }
 
 fn cgroups_named(namespace: &str) -> Vec<PathBuf> {
