@@ -142,7 +142,8 @@ impl WorkerIo {
         }
         let port = Port::open(&self.cfg, &self.umem, ifname, queue_id, shared_with)?;
         let id = self.insert(port)?;
-        if let Some(Err(e)) = self.refill(id.index as usize) {
+        let share = self.fill_share();
+        if let Some(Err(e)) = self.refill(id.index as usize, share) {
             self.close_port(id);
             return Err(e);
         }
@@ -382,9 +383,10 @@ impl WorkerIo {
             }
         }
         let n = self.ports.len();
+        let share = self.fill_share();
         for k in 0..n {
             let i = (self.refill_from + k) % n;
-            if let Some(Err(e)) = self.refill(i) {
+            if let Some(Err(e)) = self.refill(i, share) {
                 if first_err.is_none() {
                     if let Some(p) = self.ports[i].port.as_mut() {
                         p.state = PortState::Dead;
@@ -401,21 +403,25 @@ impl WorkerIo {
         first_err.map_or(Ok(()), Err)
     }
 
-    /// Tops up port `i`'s fill ring from the pool; `None` if there is no live port there.
-    fn refill(&mut self, i: usize) -> Option<Result<(), XskError>> {
-        // Each port's fill ring holds at most its share of the pool (half of
-        // it split over the live ports, at least one batch): otherwise the
-        // first ports opened take every frame and a later one starts with an
-        // empty fill ring and drops what it receives.
+    /// How many frames one port's fill ring may hold: half the pool split over
+    /// the live ports, at least one batch, at most the ring. Otherwise the first
+    /// ports opened take every frame and a later one starts with an empty fill
+    /// ring and drops what it receives. Computed once per pass over the ports.
+    fn fill_share(&self) -> u32 {
         let live = self
             .ports
             .iter()
             .filter(|s| s.port.as_ref().is_some_and(|p| p.state == PortState::Live))
             .count()
             .max(1) as u32;
-        let share = (self.umem.frame_count / (2 * live))
+        (self.umem.frame_count / (2 * live))
             .max(MIN_FILL_SHARE)
-            .min(self.cfg.fill_ring);
+            .min(self.cfg.fill_ring)
+    }
+
+    /// Tops up port `i`'s fill ring from the pool, up to `share` frames in the
+    /// ring; `None` if there is no live port there.
+    fn refill(&mut self, i: usize, share: u32) -> Option<Result<(), XskError>> {
         let fill_size = self.cfg.fill_ring;
         let slot = &mut self.ports[i];
         let p = slot.port.as_mut().filter(|p| p.state == PortState::Live)?;

@@ -145,7 +145,8 @@ impl WorkerIo {
         sim.mem[1].set_need_wakeup(true);
         let fd = port.fd.as_raw_fd();
         let id = self.insert(port).unwrap();
-        self.refill(id.index()).unwrap().unwrap();
+        let share = self.fill_share();
+        self.refill(id.index(), share).unwrap().unwrap();
         let sim = Rc::new(RefCell::new(sim));
         sims.borrow_mut().push((fd, sim.clone()));
         (id, sim)
