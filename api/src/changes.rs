@@ -194,6 +194,8 @@ mod tests {
                     identity,
                 })
                 .collect(),
+            services: Vec::new(),
+            lb: Default::default(),
         }
     }
 

@@ -599,6 +599,7 @@ impl Lab {
             mac,
             next_hop_mac,
             pod_cidrs: POD_CIDRS.iter().filter_map(|c| Cidr::parse(c)).collect(),
+            addrs: vec![UPLINK_IPV4.into(), UPLINK_IPV6.into()],
         })
     }
 
@@ -686,6 +687,8 @@ impl Lab {
             mtu: self.spec.mtu,
             uplink: self.uplink.clone(),
             ipcache: Vec::new(),
+            services: Vec::new(),
+            lb: Default::default(),
         }
     }
 

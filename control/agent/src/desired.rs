@@ -335,6 +335,8 @@ pub fn compute(
                 .into_iter()
                 .map(|(ip, (identity, _))| IpCacheEntry { ip, identity })
                 .collect(),
+            services: Vec::new(),
+            lb: Default::default(),
         },
         pod_cidrs: cidrs,
         endpoints: infos,

@@ -103,6 +103,8 @@ fn uplink(args: &AgentArgs) -> anyhow::Result<Option<Uplink>> {
         mac,
         next_hop_mac,
         pod_cidrs: Vec::new(),
+        // Filled with the uplink's addresses by the service work (NodePorts, masquerade).
+        addrs: Vec::new(),
     }))
 }
 

@@ -124,6 +124,8 @@ pub fn tables() -> Tables {
         mtu: sluice_tables::DEFAULT_MTU,
         uplink: None,
         ipcache: Default::default(),
+        services: Default::default(),
+        lb: Default::default(),
     }
 }
 
@@ -150,6 +152,7 @@ pub fn uplink_tables() -> Tables {
             .iter()
             .filter_map(|c| Cidr::parse(c))
             .collect(),
+        addrs: Vec::new(),
     });
     t
 }

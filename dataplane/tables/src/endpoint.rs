@@ -99,6 +99,14 @@ pub enum EndpointError {
     IpCache(#[from] crate::IpCacheError),
     #[error("{field}: {detail}")]
     UplinkInterface { field: &'static str, detail: String },
+    /// A service or the load-balancing settings are inconsistent; `service` names
+    /// it (`namespace/name port/protocol`, or `lb` for the settings).
+    #[error("service {service}: {field}: {detail}")]
+    Service {
+        service: String,
+        field: String,
+        detail: String,
+    },
 }
 
 /// Endpoints indexed by address and by interface. Built once per snapshot;

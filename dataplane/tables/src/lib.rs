@@ -5,10 +5,16 @@
 
 mod endpoint;
 mod ipcache;
+mod service;
 mod snapshot;
 mod uplink;
 
 pub use endpoint::{Endpoint, EndpointError, EndpointId, EndpointTable, Gateway, MacAddr};
 pub use ipcache::{IpCache, IpCacheEntry, IpCacheError};
+pub use service::{
+    Backend, BackendState, Frontend, FrontendKind, L4Protocol, LbAlgorithm, LbConfig, Masquerade,
+    NoBackendResponse, Scope, Service, ServiceEntry, ServiceTable, DEFAULT_MAGLEV_TABLE_SIZE,
+    MAGLEV_TABLE_SIZES,
+};
 pub use snapshot::{NodeState, Tables, TablesHandle, DEFAULT_MTU};
 pub use uplink::{Cidr, Uplink};

@@ -11,7 +11,10 @@ use arc_swap::{ArcSwap, Guard};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Endpoint, EndpointError, EndpointTable, Gateway, IpCache, IpCacheEntry, Uplink};
+use crate::{
+    Endpoint, EndpointError, EndpointTable, Gateway, IpCache, IpCacheEntry, LbConfig, Service,
+    ServiceTable, Uplink,
+};
 
 /// The desired state of one node as the control side hands it over (today a
 /// JSON file written by the lab; later the agent's snapshot).
@@ -30,6 +33,12 @@ pub struct NodeState {
     /// Identity of every pod address in the cluster (this node's and others').
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ipcache: Vec<IpCacheEntry>,
+    /// Service ports to balance (kube-proxy replacement).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<Service>,
+    /// Load-balancing and masquerade settings.
+    #[serde(default)]
+    pub lb: LbConfig,
 }
 
 /// The MTU a node state gets when it names none.
@@ -54,6 +63,8 @@ impl NodeState {
             mtu: DEFAULT_MTU,
             uplink: None,
             ipcache: Vec::new(),
+            services: Vec::new(),
+            lb: LbConfig::default(),
         }
     }
 }
@@ -71,6 +82,9 @@ pub struct Tables {
     pub uplink: Option<Uplink>,
     /// Peer address -> security identity.
     pub ipcache: IpCache,
+    /// Frontend -> service -> backends.
+    pub services: ServiceTable,
+    pub lb: LbConfig,
 }
 
 impl Tables {
@@ -78,6 +92,7 @@ impl Tables {
     pub fn build(state: NodeState) -> Result<Tables, EndpointError> {
         let endpoints = EndpointTable::build(state.endpoints)?;
         let ipcache = IpCache::build(&state.ipcache)?;
+        let services = ServiceTable::build(&state.services, &state.lb)?;
         if let Some(uplink) = &state.uplink {
             uplink.validate()?;
             if let Some(owner) = endpoints.by_ifindex(uplink.ifindex) {
@@ -106,6 +121,8 @@ impl Tables {
             mtu: state.mtu,
             uplink: state.uplink,
             ipcache,
+            services,
+            lb: state.lb,
         })
     }
 }
@@ -154,6 +171,8 @@ mod tests {
             mtu: DEFAULT_MTU,
             uplink: None,
             ipcache: IpCache::default(),
+            services: ServiceTable::default(),
+            lb: LbConfig::default(),
         }
     }
 

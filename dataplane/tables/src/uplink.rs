@@ -75,6 +75,10 @@ pub struct Uplink {
     pub next_hop_mac: MacAddr,
     /// Prefixes whose traffic arriving on the uplink belongs to the engine.
     pub pod_cidrs: Vec<Cidr>,
+    /// The node's own addresses on the uplink: where NodePorts and hostPorts
+    /// are served and what masqueraded traffic leaves from.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addrs: Vec<IpAddr>,
 }
 
 impl Uplink {
@@ -123,6 +127,7 @@ mod tests {
                 Cidr::parse("10.200.0.0/24").unwrap(),
                 Cidr::parse("fd00:200::/64").unwrap(),
             ],
+            addrs: Vec::new(),
         }
     }
 
