@@ -5,12 +5,14 @@
 
 mod endpoint;
 mod ipcache;
+mod maglev;
 mod service;
 mod snapshot;
 mod uplink;
 
 pub use endpoint::{Endpoint, EndpointError, EndpointId, EndpointTable, Gateway, MacAddr};
 pub use ipcache::{IpCache, IpCacheEntry, IpCacheError};
+pub use maglev::{MaglevError, MaglevTable, MAGLEV_MAX_BACKENDS};
 pub use service::{
     Backend, BackendState, Frontend, FrontendKind, L4Protocol, LbAlgorithm, LbConfig, Masquerade,
     NoBackendResponse, Scope, Service, ServiceEntry, ServiceTable, DEFAULT_MAGLEV_TABLE_SIZE,

@@ -90,9 +90,26 @@ pub struct Tables {
 impl Tables {
     /// Builds the tables for a node state; refuses it whole when it conflicts.
     pub fn build(state: NodeState) -> Result<Tables, EndpointError> {
+        Tables::build_with(state, None)
+    }
+
+    /// [`build`](Self::build), taking every unchanged Maglev table from
+    /// `previous` (see [`ServiceTable::build_reusing`]): what the engine calls
+    /// for each agent delta, so that one changed service costs one table fill.
+    pub fn build_reusing(state: NodeState, previous: &Tables) -> Result<Tables, EndpointError> {
+        Tables::build_with(state, Some(&previous.services))
+    }
+
+    fn build_with(
+        state: NodeState,
+        previous: Option<&ServiceTable>,
+    ) -> Result<Tables, EndpointError> {
         let endpoints = EndpointTable::build(state.endpoints)?;
         let ipcache = IpCache::build(&state.ipcache)?;
-        let services = ServiceTable::build(&state.services, &state.lb)?;
+        let services = match previous {
+            Some(previous) => ServiceTable::build_reusing(&state.services, &state.lb, previous)?,
+            None => ServiceTable::build(&state.services, &state.lb)?,
+        };
         if let Some(uplink) = &state.uplink {
             uplink.validate()?;
             if let Some(owner) = endpoints.by_ifindex(uplink.ifindex) {
@@ -215,5 +232,42 @@ mod tests {
         ))
         .unwrap();
         assert!(without.uplink.is_none());
+    }
+
+    #[test]
+    fn build_reusing_carries_unchanged_maglev_tables_into_the_next_tables() {
+        let json = r#"{
+            "gateway": {"mac": "02:53:4c:00:00:01", "ipv4": "10.200.0.1", "ipv6": "fe80::1"},
+            "endpoints": [],
+            "services": [
+                {"id": 1, "name": "default/web", "protocol": "TCP", "algorithm": "maglev",
+                 "frontends": [{"kind": "cluster_ip", "addr": "10.96.0.10", "port": 80}],
+                 "backends": [{"id": 1, "addr": "10.200.0.11", "port": 8080, "state": "ready", "local": true}]},
+                {"id": 2, "name": "default/api", "protocol": "TCP", "algorithm": "maglev",
+                 "frontends": [{"kind": "cluster_ip", "addr": "10.96.0.20", "port": 80}],
+                 "backends": [{"id": 1, "addr": "10.200.0.12", "port": 8080, "state": "ready", "local": true}]}
+            ]
+        }"#;
+        let state: NodeState = serde_json::from_str(json).unwrap();
+        let first = Tables::build(state.clone()).unwrap();
+        let mut next = state;
+        next.services[1].backends[0].port = 9090;
+        next.mtu = 9000;
+        let second = Tables::build_reusing(next, &first).unwrap();
+        let table = |t: &Tables, id| {
+            Arc::clone(
+                t.services
+                    .by_id(id)
+                    .unwrap()
+                    .maglev_tables()
+                    .next()
+                    .unwrap(),
+            )
+        };
+        assert!(Arc::ptr_eq(&table(&first, 1), &table(&second, 1)));
+        assert!(!Arc::ptr_eq(&table(&first, 2), &table(&second, 2)));
+        assert_eq!(second.services.backend(2, 1).unwrap().port, 9090);
+        assert_eq!(second.services.len(), 2);
+        assert_eq!(second.mtu, 9000);
     }
 }
