@@ -29,6 +29,9 @@ use crate::Change;
 /// Version of this protocol. Both sides refuse a peer that speaks another.
 pub const ENGINE_PROTOCOL_VERSION: u32 = 1;
 
+// One message per generation, built and parsed once: the size of the Snapshot
+// variant (a whole NodeState) costs nothing worth a Box in every match.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum AgentToEngine {

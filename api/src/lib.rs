@@ -4,6 +4,8 @@
 //!   snapshot on connect, then deltas with generation numbers, each acked.
 //! - [`agent`]: the CNI plugin and the `sluice` CLI ask the agent (allocate,
 //!   register, release, status, lists).
+//! - [`conntrack`]: the CLI's conntrack list/flush filter and answers
+//!   (over the engine's stats socket).
 //!
 //! Both run over unix stream sockets as newline-delimited JSON ([`framing`]),
 //! so a person can read them with `socat`. Each starts with a version check; a
@@ -11,6 +13,7 @@
 
 pub mod agent;
 pub mod changes;
+pub mod conntrack;
 pub mod engine;
 pub mod framing;
 

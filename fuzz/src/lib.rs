@@ -6,13 +6,18 @@ use sluice_pipeline::fixtures;
 /// UMEM chunk size the pipeline target runs frames in.
 pub const CHUNK: usize = 2048;
 
-/// Ingress interfaces a pipeline input can select with its first byte.
-pub const INGRESS: [u32; 4] = [
+/// Ingress interfaces a pipeline input can select with its first byte. New
+/// ones are appended, so existing corpus entries keep their ingress.
+pub const INGRESS: [u32; 5] = [
     fixtures::POD_A.ifindex,
     fixtures::POD_B.ifindex,
     fixtures::POD_C.ifindex,
     fixtures::UNKNOWN_IFINDEX,
+    fixtures::UPLINK_IFINDEX,
 ];
+
+/// Position of [`fixtures::UNKNOWN_IFINDEX`] in [`INGRESS`].
+const UNKNOWN_SELECTOR: usize = 3;
 
 /// Pipeline input: one byte selecting the ingress interface, then the frame.
 pub fn split_pipeline_input(data: &[u8]) -> Option<(u32, &[u8])> {
@@ -25,7 +30,7 @@ pub fn pipeline_input(fixture: &fixtures::Fixture) -> Vec<u8> {
     let selector = INGRESS
         .iter()
         .position(|i| *i == fixture.ingress_ifindex)
-        .unwrap_or(INGRESS.len() - 1) as u8;
+        .unwrap_or(UNKNOWN_SELECTOR) as u8;
     let mut input = vec![selector];
     input.extend_from_slice(&fixture.input);
     input

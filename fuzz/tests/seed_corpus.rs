@@ -9,8 +9,16 @@ use sluice_pipeline::fixtures;
 
 fn corpus() -> Vec<(String, String, Vec<u8>)> {
     let mut files = Vec::new();
-    for (i, f) in fixtures::all().iter().enumerate() {
-        let name = format!("{i:02}-{}", slug(f.description));
+    let sets = [
+        ("", fixtures::all()),
+        ("uplink-", fixtures::uplink_all()),
+        ("services-", fixtures::service_all()),
+    ];
+    let numbered = sets
+        .iter()
+        .flat_map(|(prefix, set)| set.iter().enumerate().map(move |(i, f)| (prefix, i, f)));
+    for (prefix, i, f) in numbered {
+        let name = format!("{prefix}{i:02}-{}", slug(f.description));
         files.push((
             "pipeline_process".into(),
             name.clone(),

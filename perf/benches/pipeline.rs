@@ -24,6 +24,9 @@ fn pipeline(c: &mut Criterion) {
     let cases = cases();
     check(&cases).expect("fixture verdicts");
     let tables = fixtures::tables();
+    // Pod-to-pod flows are tracked: after the first batch every frame is a
+    // conntrack hit, the steady state of a long flow.
+    let flows = fixtures::flows();
     let mut chunks = vec![0u8; BATCH * CHUNK];
     for case in &cases {
         let f = &case.fixture;
@@ -42,7 +45,7 @@ fn pipeline(c: &mut Criterion) {
             b.iter(|| {
                 for chunk in chunks.chunks_exact_mut(CHUNK) {
                     chunk[..len].copy_from_slice(input);
-                    black_box(process(chunk, len, ingress, &tables, 0));
+                    black_box(process(chunk, len, ingress, &tables, &flows, 0));
                 }
             })
         });

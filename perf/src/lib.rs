@@ -94,9 +94,10 @@ pub fn case(name: &str) -> Option<Case> {
 /// Runs every case once and checks its verdict; call before measuring.
 pub fn check(cases: &[Case]) -> Result<(), String> {
     let tables = fixtures::tables();
+    let flows = fixtures::flows();
     let mut chunk = vec![0u8; fixtures::DEFAULT_CAPACITY];
     for c in cases {
-        let got = c.fixture.run(&tables, &mut chunk, 0);
+        let got = c.fixture.run(&tables, &flows, &mut chunk, 0);
         if got != c.fixture.expected_verdict {
             return Err(format!(
                 "{}: expected {:?}, got {:?}",
@@ -130,6 +131,11 @@ impl Counters {
     pub fn count(&mut self, verdict: Verdict) {
         match verdict {
             Verdict::Forward { .. } => self.forwarded += 1,
+            // The engine counts the refused packet and sends the answer.
+            Verdict::Reject { reason, .. } => {
+                self.forwarded += 1;
+                self.drops[reason.index()] += 1;
+            }
             Verdict::Drop(reason) => self.drops[reason.index()] += 1,
         }
     }

@@ -24,6 +24,26 @@ struct {
 	__type(value, struct sluice_port_entry);
 } engine_ports SEC(".maps");
 
+/* Entry 0: the masquerade port range (replies to masqueraded pod traffic). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct sluice_port_range);
+} engine_port_range SEC(".maps");
+
+/* Whether a (host order) port or echo identifier is in the masquerade range. */
+static __always_inline int in_masquerade_range(__u16 port)
+{
+	__u32 zero = 0;
+	struct sluice_port_range *range = bpf_map_lookup_elem(&engine_port_range, &zero);
+
+	return range && range->enabled && port >= range->min && port <= range->max;
+}
+
+#define ICMP_ECHOREPLY_TYPE 0
+#define ICMPV6_ECHOREPLY_TYPE 129
+
 struct vlan_tag {
 	__be16 tci;
 	__be16 encapsulated_proto;
@@ -100,6 +120,21 @@ int sluice_uplink(struct xdp_md *ctx)
 		port_key.proto = l4_proto;
 		port_key.port_be = ports[1];
 		if (bpf_map_lookup_elem(&engine_ports, &port_key))
+			return sluice_to_socket(ctx, st);
+		if (l4_proto != IPPROTO_SCTP && in_masquerade_range(bpf_ntohs(ports[1])))
+			return sluice_to_socket(ctx, st);
+	}
+	if (dest->kind == SLUICE_DEST_NODE && l4 &&
+	    (l4_proto == IPPROTO_ICMP || l4_proto == IPPROTO_ICMPV6)) {
+		/* type, code, checksum, identifier: an echo reply to a masqueraded ping. */
+		__u8 *icmp = l4;
+		__be16 *ident = l4 + 4;
+
+		if ((void *)(ident + 1) > data_end)
+			goto not_engine;
+		if (((l4_proto == IPPROTO_ICMP && icmp[0] == ICMP_ECHOREPLY_TYPE) ||
+		     (l4_proto == IPPROTO_ICMPV6 && icmp[0] == ICMPV6_ECHOREPLY_TYPE)) &&
+		    in_masquerade_range(bpf_ntohs(*ident)))
 			return sluice_to_socket(ctx, st);
 	}
 

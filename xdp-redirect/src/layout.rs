@@ -61,6 +61,20 @@ sluice_layout! {
         kind: u32,
     }
 
+    /// The one entry of the uplink's `engine_port_range` array: the source ports (and ICMP
+    /// echo identifiers) the engine gives masqueraded flows. Replies to a node address whose
+    /// TCP/UDP destination port, or ICMP/ICMPv6 echo-reply identifier, lies in
+    /// `[min, max]` belong to the engine. `max < min` (the initial zeroes aside) or
+    /// `enabled == 0`: none.
+    struct PortRange => sluice_port_range {
+        /// Lowest port, host order.
+        min: u16,
+        /// Highest port, host order.
+        max: u16,
+        /// 1 when the range is in use.
+        enabled: u32,
+    }
+
     /// The one entry of the per-CPU `xdp_stats` array of the pod and uplink programs.
     struct XdpStats => sluice_xdp_stats {
         /// Frames redirected into an AF_XDP socket.

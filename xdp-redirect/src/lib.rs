@@ -84,6 +84,7 @@ mod object_tests {
                     size_of::<PortEntry>(),
                     PORT_MAX_ENTRIES,
                 ),
+                ("engine_port_range", 4, size_of::<PortRange>(), 1),
             ],
         );
     }

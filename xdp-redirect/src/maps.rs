@@ -44,7 +44,7 @@ include!("layout.rs");
 /// trait and has no safe alternative in aya 0.14.
 #[allow(unsafe_code)]
 mod plain_old_data {
-    use super::{DestEntry, LpmKey, PortEntry, PortKey, SinkCounts, XdpStats};
+    use super::{DestEntry, LpmKey, PortEntry, PortKey, PortRange, SinkCounts, XdpStats};
 
     // SAFETY: #[repr(C)] of u32 + [u8; 16], no padding (build.rs fails on padding); every bit
     // pattern is a valid value, so it may be built from arbitrary bytes and read as bytes.
@@ -56,6 +56,9 @@ mod plain_old_data {
     unsafe impl aya::Pod for PortKey {}
     // SAFETY: #[repr(C)] of a single u32: no padding, every bit pattern valid.
     unsafe impl aya::Pod for PortEntry {}
+    // SAFETY: #[repr(C)] of u16, u16, u32 laid out without padding (build.rs checks it); every
+    // bit pattern valid.
+    unsafe impl aya::Pod for PortRange {}
     // SAFETY: #[repr(C)] of four u64: no padding, every bit pattern valid.
     unsafe impl aya::Pod for XdpStats {}
     // SAFETY: #[repr(C)] of two u64: no padding, every bit pattern valid.
@@ -172,6 +175,8 @@ mod tests {
         assert_eq!(size_of::<PortKey>(), 4);
         assert_eq!(offset_of!(PortKey, port_be), 2);
         assert_eq!(size_of::<PortEntry>(), 4);
+        assert_eq!(size_of::<PortRange>(), 8);
+        assert_eq!(offset_of!(PortRange, enabled), 4);
         assert_eq!(size_of::<XdpStats>(), 32);
         assert_eq!(size_of::<SinkCounts>(), 16);
     }

@@ -4,11 +4,12 @@ use std::net::IpAddr;
 use std::os::fd::AsRawFd;
 
 use aya::maps::lpm_trie::Key;
-use aya::maps::{HashMap, LpmTrie, MapData};
+use aya::maps::{Array, HashMap, LpmTrie, MapData};
 
 use crate::attach::{AttachMode, Attachment, Interface, LoadedObject};
 use crate::maps::{
-    DestEntry, L4Proto, LpmKey, PortEntry, PortKey, PortKind, XdpStats, DEST_ENGINE, DEST_NODE,
+    DestEntry, L4Proto, LpmKey, PortEntry, PortKey, PortKind, PortRange, XdpStats, DEST_ENGINE,
+    DEST_NODE,
 };
 use crate::sockets::SocketSteering;
 use crate::XdpError;
@@ -18,6 +19,7 @@ pub(crate) static OBJECT: &[u8] =
 
 const DESTS_MAP: &str = "engine_dests";
 const PORTS_MAP: &str = "engine_ports";
+const PORT_RANGE_MAP: &str = "engine_port_range";
 
 /// `sluice_uplink` attached to the node's uplink: frames to engine-owned destinations go to
 /// the AF_XDP socket of their rx queue; everything else (the node's own traffic, ARP) goes to
@@ -27,12 +29,22 @@ const PORTS_MAP: &str = "engine_ports";
 /// (pod CIDRs, service addresses), or a TCP/UDP/SCTP frame to a node address
 /// ([`add_node_address`](Self::add_node_address)) whose destination port was added with
 /// [`add_port`](Self::add_port) (node ports, tunnel ports). The most specific entry wins.
-#[derive(Debug)]
 pub struct UplinkProgram {
     attachment: Attachment,
     steering: SocketSteering,
     dests: LpmTrie<MapData, [u8; 16], DestEntry>,
     ports: HashMap<MapData, PortKey, PortEntry>,
+    port_range: Array<MapData, PortRange>,
+}
+
+impl std::fmt::Debug for UplinkProgram {
+    // aya's Array has no Debug; the maps are shown by the attachment's name.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UplinkProgram")
+            .field("attachment", &self.attachment)
+            .field("steering", &self.steering)
+            .finish_non_exhaustive()
+    }
 }
 
 impl UplinkProgram {
@@ -47,12 +59,14 @@ impl UplinkProgram {
         let steering = SocketSteering::open(&mut object, ifname)?;
         let dests = object.take_map(DESTS_MAP, ifname)?;
         let ports = object.take_map(PORTS_MAP, ifname)?;
+        let port_range = object.take_map(PORT_RANGE_MAP, ifname)?;
         let attachment = object.attach(interface, mode)?;
         Ok(Self {
             attachment,
             steering,
             dests,
             ports,
+            port_range,
         })
     }
 
@@ -107,6 +121,31 @@ impl UplinkProgram {
                 self.attachment
                     .map_error(PORTS_MAP, format!("remove {proto:?} port {port}"), cause)
             })
+    }
+
+    /// Replies to node addresses whose TCP/UDP destination port or ICMP echo-reply
+    /// identifier is in `min..=max` (the masquerade range) belong to the engine; `None`
+    /// switches that off.
+    pub fn set_masquerade_range(&mut self, range: Option<(u16, u16)>) -> Result<(), XdpError> {
+        let value = match range {
+            Some((min, max)) => PortRange {
+                min,
+                max,
+                enabled: 1,
+            },
+            None => PortRange {
+                min: 0,
+                max: 0,
+                enabled: 0,
+            },
+        };
+        self.port_range.set(0, value, 0).map_err(|cause| {
+            self.attachment.map_error(
+                PORT_RANGE_MAP,
+                format!("set masquerade range {range:?}"),
+                cause,
+            )
+        })
     }
 
     /// Counters summed over CPUs.

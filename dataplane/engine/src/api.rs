@@ -45,6 +45,12 @@ pub trait Dataplane {
     /// or changed, publishes the tables, detaches the interfaces that are gone.
     /// Not refusable: an interface that cannot be attached is shown as down.
     fn apply(&mut self, generation: u64, state: NodeState, tables: Tables);
+    /// Builds the tables for `state`. The engine reuses what did not change
+    /// since the tables it serves (Maglev tables), so a one-service delta does
+    /// not rebuild every service.
+    fn build_tables(&self, state: NodeState) -> Result<Tables, sluice_tables::EndpointError> {
+        Tables::build(state)
+    }
 }
 
 /// The `api` object of the engine's stats.
@@ -242,7 +248,8 @@ impl<D: Dataplane> Session<'_, D> {
                 "snapshot generation {generation} is not greater than the applied generation {applied}"
             ));
         }
-        let tables = Tables::build(state.clone())
+        let tables = dataplane
+            .build_tables(state.clone())
             .map_err(|e| format!("snapshot generation {generation}: {e}"))?;
         let endpoints = state.endpoints.len();
         dataplane.apply(generation, state, tables);
@@ -278,7 +285,8 @@ impl<D: Dataplane> Session<'_, D> {
         }
         let state = apply_changes(dataplane.state(), changes)
             .map_err(|e| format!("delta generation {generation}: {e}"))?;
-        let tables = Tables::build(state.clone())
+        let tables = dataplane
+            .build_tables(state.clone())
             .map_err(|e| format!("delta generation {generation}: {e}"))?;
         dataplane.apply(generation, state, tables);
         self.board.set_applied(generation);

@@ -65,6 +65,10 @@ pub struct EngineConfig {
     /// Frames taken from one socket per loop.
     #[arg(long, default_value_t = 64)]
     pub batch: usize,
+    /// Connection-tracking entries (each flow takes two), shared by all workers;
+    /// allocated up front. Under pressure flows are evicted, then new ones refused.
+    #[arg(long, default_value_t = sluice_conntrack::DEFAULT_CAPACITY)]
+    pub ct_capacity: usize,
 }
 
 impl EngineConfig {
@@ -78,6 +82,9 @@ impl EngineConfig {
         }
         if self.workers == 0 {
             anyhow::bail!("--workers must be at least 1");
+        }
+        if self.ct_capacity < 1024 {
+            anyhow::bail!("--ct-capacity must be at least 1024 entries");
         }
         Ok(())
     }

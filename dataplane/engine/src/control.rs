@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use crossbeam_channel::{bounded, Sender};
 use hashbrown::HashMap;
+use sluice_conntrack::{CtConfig, FlowTables};
 use sluice_tables::{Cidr, NodeState, Tables, TablesHandle};
 use sluice_xdp::{AttachMode, PodProgram, UplinkProgram};
 use sluice_xsk::{WorkerIo, XskConfig};
@@ -21,7 +22,21 @@ use crate::config::{EngineConfig, XdpAttach};
 use crate::counters::WorkerCounters;
 use crate::ports::{PortBoard, PortCommand, PortStatus};
 use crate::stats::{EngineInfo, EngineShared, StatsSocket};
+use crate::uplink_steering::UplinkSteering;
 use crate::worker::Worker;
+
+/// How often the control thread runs a conntrack garbage-collection step.
+const GC_TICK: Duration = Duration::from_millis(100);
+/// Slots per conntrack bucket, to size a GC step (see [`gc_buckets_per_tick`]).
+const CT_SLOTS_PER_BUCKET: usize = 8;
+/// A whole sweep of the table takes at most this many ticks (5 s at 100 ms).
+const GC_TICKS_PER_SWEEP: usize = 50;
+
+/// Buckets swept per tick so that the whole table is swept every
+/// `GC_TICKS_PER_SWEEP` ticks, and at least 1024 (cheap on small tables).
+fn gc_buckets_per_tick(capacity: usize) -> usize {
+    (capacity / CT_SLOTS_PER_BUCKET / GC_TICKS_PER_SWEEP).max(1024)
+}
 
 /// How long the control thread waits for a worker to open or close a socket.
 const WORKER_REPLY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -73,7 +88,9 @@ enum Role {
 struct Attached {
     ifindex: u32,
     role: Role,
-    _program: Program,
+    program: Program,
+    /// Uplink only: what its maps steer beyond the pod CIDRs, as applied.
+    steering: UplinkSteering,
 }
 
 /// Brings the interfaces in line with the desired state.
@@ -104,6 +121,10 @@ impl Dataplane for Reconciler {
         self.serve(tables);
         self.state = state;
         self.agent_generation = generation;
+    }
+
+    fn build_tables(&self, state: NodeState) -> Result<Tables, sluice_tables::EndpointError> {
+        Tables::build_reusing(state, &self.tables.load())
     }
 }
 
@@ -177,6 +198,9 @@ impl Reconciler {
                 }
             }
         }
+        // Service addresses and ports before publishing: a frame steered early
+        // meets the old tables and is dropped as before, never mis-translated.
+        self.steer_uplink(&tables);
         let generation = self.tables.publish(tables);
         let gone: Vec<String> = self
             .attached
@@ -193,6 +217,30 @@ impl Reconciler {
             "tables published"
         );
         generation
+    }
+
+    /// Brings the uplink program's node addresses, service addresses, ports and
+    /// masquerade range in line with `tables` (a failure is logged; the rest of
+    /// the state is still served).
+    fn steer_uplink(&mut self, tables: &Tables) {
+        let Some(uplink) = &tables.uplink else {
+            return;
+        };
+        let Some(attached) = self.attached.get_mut(&uplink.ifname) else {
+            return;
+        };
+        let Program::Uplink(program) = &mut attached.program else {
+            return;
+        };
+        let wanted = UplinkSteering::desired(tables);
+        if attached.steering == wanted {
+            return;
+        }
+        let (applied, result) = attached.steering.apply(&wanted, program);
+        attached.steering = applied;
+        if let Err(e) = result {
+            tracing::error!(ifname = %uplink.ifname, "uplink steering: {e:#}");
+        }
     }
 
     fn attach(&mut self, ifname: &str, ifindex: u32, role: &Role) -> anyhow::Result<()> {
@@ -244,7 +292,8 @@ impl Reconciler {
             Attached {
                 ifindex,
                 role: role.clone(),
-                _program: program,
+                program,
+                steering: UplinkSteering::default(),
             },
         );
         Ok(())
@@ -341,6 +390,10 @@ pub fn run(config: EngineConfig) -> anyhow::Result<()> {
             started: Some(epoch),
         },
         api: Arc::new(ApiBoard::default()),
+        flows: Arc::new(FlowTables::new(CtConfig {
+            capacity: config.ct_capacity,
+            ..CtConfig::default()
+        })),
     });
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -428,8 +481,13 @@ pub fn run(config: EngineConfig) -> anyhow::Result<()> {
         "engine ready"
     );
 
+    // The control thread also sweeps conntrack: a bounded step every tick, each
+    // bucket locked only while its expired flows are removed, so workers never wait.
+    let gc_buckets = gc_buckets_per_tick(config.ct_capacity);
     while !stop.load(Ordering::Relaxed) {
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(GC_TICK);
+        let now_ns = epoch.elapsed().as_nanos() as u64;
+        shared.flows.conntrack.gc_step(now_ns, gc_buckets);
     }
     tracing::info!("stopping");
     // The agent first: its connection closes and changes nothing more.

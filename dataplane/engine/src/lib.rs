@@ -8,10 +8,12 @@
 
 pub mod api;
 pub mod config;
+pub mod conntrack_socket;
 pub mod control;
 pub mod counters;
 pub mod ports;
 pub mod stats;
+pub mod uplink_steering;
 pub mod worker;
 
 pub use config::EngineConfig;

@@ -1,8 +1,9 @@
 //! The stats socket: a unix socket on which `sluice` (or the lab) writes one
 //! command line and reads one JSON document back.
 //!
-//! Commands: `stats` (counters, ports, generation, agent API) and `reload`
-//! (re-read the state file and publish it; an error without --state). Served by its own thread; workers are never
+//! Commands: `stats` (counters, ports, generation, agent API, conntrack),
+//! `reload` (re-read the state file and publish it; an error without --state)
+//! and `conntrack list|flush <filter JSON>` (see [`crate::conntrack_socket`]). Served by its own thread; workers are never
 //! involved beyond the counters they already publish.
 
 use std::io::{BufRead, BufReader, Write};
@@ -12,6 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
+use sluice_conntrack::{CtStats, FlowTables};
 use sluice_pipeline::DropReason;
 use sluice_tables::TablesHandle;
 
@@ -29,6 +31,8 @@ pub struct EngineShared {
     pub info: EngineInfo,
     /// The agent API's state (also when no --api-socket is served).
     pub api: Arc<ApiBoard>,
+    /// Conntrack and session affinity: the tables workers write, shared by all of them.
+    pub flows: Arc<FlowTables>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -78,6 +82,10 @@ pub struct StatsReport {
     pub ports: Vec<PortStatus>,
     /// The agent API: socket, connection, applied agent generation, last refusal.
     pub api: ApiStatus,
+    /// Service ports in the published tables.
+    pub services: usize,
+    /// Connection tracking: size, inserts, evictions, pressure.
+    pub conntrack: CtStats,
 }
 
 impl EngineShared {
@@ -117,6 +125,8 @@ impl EngineShared {
                 .collect(),
             ports: self.ports.list(),
             api: self.api.status(),
+            services: tables.services.len(),
+            conntrack: self.flows.conntrack.stats(),
         }
     }
 }
@@ -180,9 +190,24 @@ fn answer(stream: UnixStream, shared: &EngineShared, reload: &ReloadFn) -> std::
             };
             serde_json::to_vec_pretty(&answer)?
         }
+        command if command.starts_with("conntrack ") => {
+            let now_ns = shared
+                .info
+                .started
+                .map(|t| t.elapsed().as_nanos() as u64)
+                .unwrap_or(0);
+            let request = command.trim_start_matches("conntrack ").trim();
+            serde_json::to_vec(&crate::conntrack_socket::answer(
+                &shared.flows,
+                now_ns,
+                request,
+            ))?
+        }
         other => serde_json::to_vec_pretty(&serde_json::json!({
             "ok": false,
-            "error": format!("unknown command {other:?}; expected `stats` or `reload`"),
+            "error": format!(
+                "unknown command {other:?}; expected `stats`, `reload` or `conntrack list|flush <filter>`"
+            ),
         }))?,
     };
     let mut stream = stream;

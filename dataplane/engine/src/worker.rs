@@ -160,8 +160,11 @@ impl Worker {
                 local,
                 by_ifindex,
                 ports,
+                shared,
                 ..
             } = self;
+            // Conntrack and affinity: shared by every worker, written without locks.
+            let flows = &*shared.flows;
             for mut frame in batch.drain(..) {
                 let len = frame.len();
                 local.rx_packets += 1;
@@ -171,32 +174,43 @@ impl Worker {
                     len,
                     ingress_ifindex,
                     &tables,
+                    flows,
                     now_ns,
                 );
-                match verdict {
-                    Verdict::Forward { ifindex, len } => {
-                        let Some(egress) = by_ifindex.get(&ifindex).map(|i| ports[*i].id) else {
-                            local.drop(DropReason::TxUnavailable);
-                            io.release(frame);
-                            continue;
-                        };
-                        frame.set_len(len);
-                        match io.transmit(egress, frame) {
-                            Ok(()) => {
-                                local.tx_packets += 1;
-                                local.tx_bytes += len as u64;
-                                if ifindex == ingress_ifindex {
-                                    local.replies += 1;
-                                }
-                            }
-                            Err(frame) => {
-                                local.drop(DropReason::TxUnavailable);
-                                io.release(frame);
-                            }
-                        }
+                let (ifindex, len) = match verdict {
+                    Verdict::Forward { ifindex, len } => (ifindex, len),
+                    // A refused packet answered in place (RST, port unreachable):
+                    // counted as dropped, and the answer sent like a forward.
+                    Verdict::Reject {
+                        ifindex,
+                        len,
+                        reason,
+                    } => {
+                        local.drop(reason);
+                        (ifindex, len)
                     }
                     Verdict::Drop(reason) => {
                         local.drop(reason);
+                        io.release(frame);
+                        continue;
+                    }
+                };
+                let Some(egress) = by_ifindex.get(&ifindex).map(|i| ports[*i].id) else {
+                    local.drop(DropReason::TxUnavailable);
+                    io.release(frame);
+                    continue;
+                };
+                frame.set_len(len);
+                match io.transmit(egress, frame) {
+                    Ok(()) => {
+                        local.tx_packets += 1;
+                        local.tx_bytes += len as u64;
+                        if ifindex == ingress_ifindex {
+                            local.replies += 1;
+                        }
+                    }
+                    Err(frame) => {
+                        local.drop(DropReason::TxUnavailable);
                         io.release(frame);
                     }
                 }

@@ -17,7 +17,11 @@ use sluice_wire::{
     NdiscRepr,
 };
 
-use crate::{process, DropReason, Verdict};
+use crate::{process, DropReason, FlowTables, Verdict};
+use sluice_conntrack::CtConfig;
+
+mod services;
+pub use services::*;
 
 /// UMEM chunk size the fixtures run in unless they say otherwise.
 pub const DEFAULT_CAPACITY: usize = 2048;
@@ -75,7 +79,7 @@ pub struct Fixture {
     pub capacity: usize,
     pub input: Vec<u8>,
     pub expected_verdict: Verdict,
-    /// For a `Forward`, the expected `frame[..len]`; `None` for drops.
+    /// For a `Forward` or `Reject`, the expected `frame[..len]`; `None` for drops.
     pub expected_output: Option<Vec<u8>>,
 }
 
@@ -83,7 +87,13 @@ impl Fixture {
     /// Copies the input into the front of `chunk` and runs the pipeline over
     /// `chunk[..capacity]`. Does not allocate. `chunk` must hold `capacity`
     /// bytes (a shorter chunk is used whole).
-    pub fn run(&self, tables: &Tables, chunk: &mut [u8], now_ns: u64) -> Verdict {
+    pub fn run(
+        &self,
+        tables: &Tables,
+        flows: &FlowTables,
+        chunk: &mut [u8],
+        now_ns: u64,
+    ) -> Verdict {
         let capacity = self.capacity.min(chunk.len());
         let frame = &mut chunk[..capacity];
         let len = self.input.len();
@@ -93,8 +103,16 @@ impl Fixture {
             // which the pipeline refuses.
             None => frame.copy_from_slice(&self.input[..capacity]),
         }
-        process(frame, len, self.ingress_ifindex, tables, now_ns)
+        process(frame, len, self.ingress_ifindex, tables, flows, now_ns)
     }
+}
+
+/// Flow tables for fixture runs: small (4096 entries), default timeouts.
+pub fn flows() -> FlowTables {
+    FlowTables::new(CtConfig {
+        capacity: 4096,
+        ..CtConfig::default()
+    })
 }
 
 /// The tables every fixture runs against: gateway and pods A, B, C.

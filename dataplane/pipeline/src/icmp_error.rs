@@ -1,5 +1,7 @@
 //! ICMP errors built in place: the original packet is moved back to make room
-//! for the new IP and ICMP headers, and quoted as far as the RFCs allow.
+//! for the new IP and ICMP headers, and quoted as far as the RFCs allow: time
+//! exceeded from the gateway, and destination unreachable for rejected service
+//! connections (see [`crate::reject`]).
 
 use sluice_wire::ethernet::HEADER_LEN as ETH_LEN;
 use sluice_wire::ip_protocol::{ICMP, ICMPV6};
@@ -24,6 +26,15 @@ fn icmp_type(frame: &[u8], l4: Option<sluice_wire::L4>, protocol: u8) -> Option<
     }
 }
 
+/// Who an ICMP error goes to, on the link: back out of the interface the
+/// offending frame came in on, to the MAC it came from.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ReplyLink {
+    pub ifindex: u32,
+    pub eth_dst: [u8; 6],
+    pub eth_src: [u8; 6],
+}
+
 /// Time exceeded in transit (type 11 code 0) from the gateway to the sender.
 pub(crate) fn time_exceeded_v4(
     frame: &mut [u8],
@@ -34,37 +45,63 @@ pub(crate) fn time_exceeded_v4(
     if icmp_type(frame, layout.l4, ICMP).is_some_and(icmpv4::msg_type::is_error) {
         return Err(DropReason::TtlExceeded);
     }
-    let gateway = &ctx.tables.gateway;
+    let link = ReplyLink {
+        ifindex: ctx.ifindex,
+        eth_dst: ctx.parsed.src,
+        eth_src: ctx.tables.gateway.mac.0,
+    };
+    let len = error_v4(
+        frame,
+        layout.total_len,
+        layout.header_len,
+        ctx.tables.gateway.ipv4,
+        Icmpv4Repr::TimeExceeded { code: 0 },
+        link,
+    )
+    .ok_or(DropReason::TtlExceeded)?;
+    Ok(Verdict::Forward {
+        ifindex: ctx.ifindex,
+        len,
+    })
+}
+
+/// Builds an ICMPv4 error `repr` from `from` to the sender of the IPv4 packet
+/// in the frame (`total_len` bytes, header `header_len`), quoting it as far as
+/// RFC 1812 and the chunk allow. Returns the frame length, or `None` when the
+/// error cannot be built (the caller drops the packet).
+pub(crate) fn error_v4(
+    frame: &mut [u8],
+    total_len: usize,
+    header_len: usize,
+    from: core::net::Ipv4Addr,
+    repr: Icmpv4Repr,
+    link: ReplyLink,
+) -> Option<usize> {
     let new_headers = ipv4::HEADER_LEN + icmpv4::HEADER_LEN;
     // At least the original header and 8 bytes of its payload (RFC 792).
-    let min_quote = layout.total_len.min(layout.header_len + 8);
+    let min_quote = total_len.min(header_len + 8);
     let room = frame.len().saturating_sub(ETH_LEN + new_headers);
-    let quote = layout
-        .total_len
+    let quote = total_len
         .min(ICMPV4_ERROR_MAX_IP_LEN - new_headers)
         .min(room);
     if quote < min_quote {
-        return Err(DropReason::TtlExceeded);
+        return None;
     }
-    let original = frame
-        .get(ETH_LEN..ETH_LEN + layout.total_len)
-        .ok_or(DropReason::TtlExceeded)?;
-    let pod = ipv4::Ipv4Packet::new_checked(original)
-        .map_err(|_| DropReason::TtlExceeded)?
-        .src();
+    let original = frame.get(ETH_LEN..ETH_LEN + total_len)?;
+    let sender = ipv4::Ipv4Packet::new_checked(original).ok()?.src();
     let out_len = ETH_LEN + new_headers + quote;
     frame.copy_within(ETH_LEN..ETH_LEN + quote, ETH_LEN + new_headers);
-    let out = frame.get_mut(..out_len).ok_or(DropReason::TtlExceeded)?;
+    let out = frame.get_mut(..out_len)?;
     EthernetRepr {
-        dst: ctx.parsed.src,
-        src: gateway.mac.0,
+        dst: link.eth_dst,
+        src: link.eth_src,
         ethertype: ethertype::IPV4,
     }
     .emit(out)
-    .map_err(|_| DropReason::TtlExceeded)?;
+    .ok()?;
     Ipv4Repr {
-        src: gateway.ipv4,
-        dst: pod,
+        src: from,
+        dst: sender,
         protocol: ICMP,
         ttl: GATEWAY_TTL,
         // Precedence "internetwork control", as routers send errors.
@@ -76,14 +113,9 @@ pub(crate) fn time_exceeded_v4(
         payload_len: icmpv4::HEADER_LEN + quote,
     }
     .emit(&mut out[ETH_LEN..])
-    .map_err(|_| DropReason::TtlExceeded)?;
-    Icmpv4Repr::TimeExceeded { code: 0 }
-        .emit(&mut out[ETH_LEN + ipv4::HEADER_LEN..])
-        .map_err(|_| DropReason::TtlExceeded)?;
-    Ok(Verdict::Forward {
-        ifindex: ctx.ifindex,
-        len: out_len,
-    })
+    .ok()?;
+    repr.emit(&mut out[ETH_LEN + ipv4::HEADER_LEN..]).ok()?;
+    Some(out_len)
 }
 
 /// Time exceeded, hop limit exceeded in transit (type 3 code 0).
@@ -95,35 +127,58 @@ pub(crate) fn time_exceeded_v6(
     if icmp_type(frame, layout.l4, ICMPV6).is_some_and(icmpv6::msg_type::is_error) {
         return Err(DropReason::TtlExceeded);
     }
-    let gateway = &ctx.tables.gateway;
+    let link = ReplyLink {
+        ifindex: ctx.ifindex,
+        eth_dst: ctx.parsed.src,
+        eth_src: ctx.tables.gateway.mac.0,
+    };
+    let len = error_v6(
+        frame,
+        ipv6::HEADER_LEN + layout.payload_len,
+        ctx.tables.gateway.ipv6,
+        Icmpv6Repr::TimeExceeded { code: 0 },
+        link,
+    )
+    .ok_or(DropReason::TtlExceeded)?;
+    Ok(Verdict::Forward {
+        ifindex: ctx.ifindex,
+        len,
+    })
+}
+
+/// Builds an ICMPv6 error `repr` from `from` to the sender of the IPv6 packet
+/// in the frame (`total_len` bytes with its header), quoting as much as fits
+/// the minimum MTU and the chunk. Returns the frame length, or `None`.
+pub(crate) fn error_v6(
+    frame: &mut [u8],
+    total_len: usize,
+    from: core::net::Ipv6Addr,
+    repr: Icmpv6Repr,
+    link: ReplyLink,
+) -> Option<usize> {
     let new_headers = ipv6::HEADER_LEN + icmpv6::HEADER_LEN;
-    let total_len = ipv6::HEADER_LEN + layout.payload_len;
     let room = frame.len().saturating_sub(ETH_LEN + new_headers);
     let quote = total_len
         .min(ICMPV6_ERROR_MAX_IP_LEN - new_headers)
         .min(room);
     if quote < ipv6::HEADER_LEN {
-        return Err(DropReason::TtlExceeded);
+        return None;
     }
-    let original = frame
-        .get(ETH_LEN..ETH_LEN + total_len)
-        .ok_or(DropReason::TtlExceeded)?;
-    let pod = ipv6::Ipv6Packet::new_checked(original)
-        .map_err(|_| DropReason::TtlExceeded)?
-        .src();
+    let original = frame.get(ETH_LEN..ETH_LEN + total_len)?;
+    let sender = ipv6::Ipv6Packet::new_checked(original).ok()?.src();
     let out_len = ETH_LEN + new_headers + quote;
     frame.copy_within(ETH_LEN..ETH_LEN + quote, ETH_LEN + new_headers);
-    let out = frame.get_mut(..out_len).ok_or(DropReason::TtlExceeded)?;
+    let out = frame.get_mut(..out_len)?;
     EthernetRepr {
-        dst: ctx.parsed.src,
-        src: gateway.mac.0,
+        dst: link.eth_dst,
+        src: link.eth_src,
         ethertype: ethertype::IPV6,
     }
     .emit(out)
-    .map_err(|_| DropReason::TtlExceeded)?;
+    .ok()?;
     Ipv6Repr {
-        src: gateway.ipv6,
-        dst: pod,
+        src: from,
+        dst: sender,
         next_header: ICMPV6,
         hop_limit: GATEWAY_TTL,
         traffic_class: 0,
@@ -131,12 +186,8 @@ pub(crate) fn time_exceeded_v6(
         payload_len: icmpv6::HEADER_LEN + quote,
     }
     .emit(&mut out[ETH_LEN..])
-    .map_err(|_| DropReason::TtlExceeded)?;
-    Icmpv6Repr::TimeExceeded { code: 0 }
-        .emit(gateway.ipv6, pod, &mut out[ETH_LEN + ipv6::HEADER_LEN..])
-        .map_err(|_| DropReason::TtlExceeded)?;
-    Ok(Verdict::Forward {
-        ifindex: ctx.ifindex,
-        len: out_len,
-    })
+    .ok()?;
+    repr.emit(from, sender, &mut out[ETH_LEN + ipv6::HEADER_LEN..])
+        .ok()?;
+    Some(out_len)
 }

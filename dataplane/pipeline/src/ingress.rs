@@ -1,8 +1,11 @@
 //! First stage: is the frame ours, well formed, and from the pod it claims?
 
+use sluice_conntrack::FlowTables;
 use sluice_tables::{Endpoint, Tables};
 use sluice_wire::{ParseError, Parsed, L3};
 
+use crate::conntrack::Stage;
+use crate::icmp_error::ReplyLink;
 use crate::{arp, ipv4, ipv6, uplink, DropReason, Verdict};
 
 /// Bytes a frame may carry beyond the IP MTU: the Ethernet header, plus 4 bytes
@@ -19,9 +22,28 @@ pub(crate) struct Ingress<'t> {
     /// The pod behind the ingress interface.
     pub endpoint: &'t Endpoint,
     pub tables: &'t Tables,
+    pub flows: &'t FlowTables,
+    pub now_ns: u64,
     /// Valid bytes in the frame.
     pub len: usize,
     pub parsed: Parsed,
+}
+
+impl Ingress<'_> {
+    /// The conntrack stage's view of a frame from this pod.
+    pub fn stage(&self) -> Stage<'_> {
+        Stage {
+            tables: self.tables,
+            flows: self.flows,
+            now_ns: self.now_ns,
+            from_uplink: false,
+            link: ReplyLink {
+                ifindex: self.ifindex,
+                eth_dst: self.parsed.src,
+                eth_src: self.tables.gateway.mac.0,
+            },
+        }
+    }
 }
 
 pub(crate) fn run(
@@ -29,6 +51,8 @@ pub(crate) fn run(
     len: usize,
     ifindex: u32,
     tables: &Tables,
+    flows: &FlowTables,
+    now_ns: u64,
 ) -> Result<Verdict, DropReason> {
     // The node state's MTU decides (pods may use jumbo frames up to what a
     // UMEM chunk holds); the chunk itself is the hard limit.
@@ -37,7 +61,7 @@ pub(crate) fn run(
     }
     if tables.uplink.as_ref().is_some_and(|u| u.ifindex == ifindex) {
         let parsed = sluice_wire::parse(&frame[..len]).map_err(drop_reason)?;
-        return uplink::from_outside(frame, len, tables, parsed);
+        return uplink::from_outside(frame, len, tables, flows, now_ns, parsed);
     }
     let endpoint = tables
         .endpoints
@@ -51,6 +75,8 @@ pub(crate) fn run(
         ifindex,
         endpoint,
         tables,
+        flows,
+        now_ns,
         len,
         parsed,
     };

@@ -5,8 +5,8 @@ use sluice_wire::icmpv4::msg_type;
 use sluice_wire::ip_protocol::ICMP;
 use sluice_wire::{checksum, ipv4, EthernetFrame, Icmpv4Packet, Ipv4Packet, L4};
 
-use crate::icmp_error;
 use crate::ingress::Ingress;
+use crate::{icmp_error, route};
 use crate::{DropReason, Verdict};
 
 /// TTL of packets the gateway originates.
@@ -42,23 +42,10 @@ pub(crate) fn handle(
     if dst == gateway.ipv4 {
         return echo_reply(frame, ctx, layout);
     }
-    let (egress_ifindex, dst_mac, src_mac) = match ctx.tables.endpoints.by_ipv4(dst) {
-        Some(egress) => (egress.ifindex, egress.mac.0, gateway.mac.0),
-        // Off-node: out of the uplink, unless it is one of our own (unassigned) pod addresses.
-        None => match &ctx.tables.uplink {
-            Some(uplink) if !uplink.in_pod_cidrs(dst.into()) => {
-                (uplink.ifindex, uplink.next_hop_mac.0, uplink.mac.0)
-            }
-            _ => return Err(DropReason::NoRoute),
-        },
-    };
-    if egress_ifindex == ctx.ifindex {
-        return Err(DropReason::SameInterface);
-    }
     if ttl <= 1 {
         return icmp_error::time_exceeded_v4(frame, ctx, layout);
     }
-    route(frame, ctx.len, egress_ifindex, dst_mac, src_mac)
+    route::forward(frame, ctx.len, layout.l4, false, &ctx.stage())
 }
 
 /// Forwards a routed IPv4 frame: TTL decremented (checked > 1 by the caller),

@@ -8,7 +8,7 @@ use sluice_wire::{ipv6, EthernetFrame, Icmpv6Packet, Ipv6Packet, UpperLayer, L4}
 
 use crate::ingress::Ingress;
 use crate::ipv4::GATEWAY_TTL;
-use crate::{icmp_error, ndisc, DropReason, Verdict};
+use crate::{icmp_error, ndisc, route, DropReason, Verdict};
 
 /// Where [`sluice_wire::parse`] found the headers.
 #[derive(Clone, Copy, Debug)]
@@ -60,23 +60,10 @@ pub(crate) fn handle(
     if dst == gateway.ipv6 {
         return echo_reply(frame, ctx, layout, icmp_type);
     }
-    let (egress_ifindex, dst_mac, src_mac) = match ctx.tables.endpoints.by_ipv6(dst) {
-        Some(egress) => (egress.ifindex, egress.mac.0, gateway.mac.0),
-        // Off-node: out of the uplink, unless it is one of our own (unassigned) pod addresses.
-        None => match &ctx.tables.uplink {
-            Some(uplink) if !uplink.in_pod_cidrs(dst.into()) && !ipv6::is_link_local(&dst) => {
-                (uplink.ifindex, uplink.next_hop_mac.0, uplink.mac.0)
-            }
-            _ => return Err(DropReason::NoRoute),
-        },
-    };
-    if egress_ifindex == ctx.ifindex {
-        return Err(DropReason::SameInterface);
-    }
     if hop_limit <= 1 {
         return icmp_error::time_exceeded_v6(frame, ctx, layout);
     }
-    route(frame, ctx.len, egress_ifindex, dst_mac, src_mac)
+    route::forward(frame, ctx.len, layout.l4, true, &ctx.stage())
 }
 
 /// Forwards a routed IPv6 frame: hop limit decremented (checked > 1 by the

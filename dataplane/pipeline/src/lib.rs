@@ -1,28 +1,51 @@
-//! The per-packet pipeline: a pure function from one frame and the current
-//! tables to a verdict. No clock, no lock, no syscall, no allocation.
+//! The per-packet pipeline: a function from one frame, the current tables and
+//! the shared flow tables to a verdict. No clock, no lock, no syscall, no
+//! allocation; the flow tables (conntrack, affinity) are the only state it
+//! writes, through their lock-free (seqlock) API.
 //!
 //! ```text
-//! process(frame, len, ingress_ifindex, &tables, now) -> Verdict
+//! process(frame, len, ingress_ifindex, &tables, &flows, now) -> Verdict
 //! ```
 //! The frame buffer is the whole UMEM chunk (`frame.len()` is its capacity) and
 //! `len` the number of valid bytes in it, so a stage may grow the frame in place
 //! (an ICMP error quoting the original) up to the chunk size.
 //!
 //! Stages, each a plain function (statically dispatched):
-//! 1. [`ingress`]: size check, ingress endpoint, one-pass parse, source MAC.
+//! 1. [`ingress`]: size check, ingress endpoint (or the uplink), one-pass parse,
+//!    source MAC.
 //! 2. by ethertype: [`arp`] (answers for the gateway), [`ipv4`] or [`ipv6`]
-//!    (anti-spoofing, gateway-addressed traffic, routing to endpoints), with
-//!    neighbour discovery in [`ndisc`] and ICMP errors in [`icmp_error`].
+//!    (anti-spoofing, gateway-addressed traffic, TTL / hop limit), with
+//!    neighbour discovery in [`ndisc`] and ICMP errors in [`icmp_error`];
+//!    frames from the outside go through [`uplink`] instead.
+//! 3. [`route::forward`], shared by both families and both origins:
+//!    - [`conntrack`]: the kube-proxy replacement. [`flow_key`] classifies
+//!      the packet; a tracked flow gets its entry's rewrites; a new flow to a
+//!      service frontend is balanced ([`service`]) and DNATed (hairpin also
+//!      SNATed), or refused ([`reject`]) when there is no backend; a new flow
+//!      from a pod leaving the cluster is masqueraded ([`masquerade`]); any
+//!      other routable new flow is tracked as it is. ICMP errors about a
+//!      tracked flow are translated through their quoted packet. Entries are
+//!      built in [`flows`], rewrites applied with incremental checksums in [`nat`].
+//!    - routing by the (translated) destination ([`route`]): TTL decrement,
+//!      MACs, egress interface.
 //!
 //! The engine is the pods' router: each pod has a /32 and a /128 and a default
 //! route via `gateway.ipv4` / `gateway.ipv6`.
 
 mod arp;
+mod conntrack;
+mod flow_key;
+mod flows;
 mod icmp_error;
 mod ingress;
 mod ipv4;
 mod ipv6;
+mod masquerade;
+mod nat;
 mod ndisc;
+mod reject;
+mod route;
+mod service;
 mod uplink;
 mod verdict;
 
@@ -32,25 +55,28 @@ pub mod fixtures;
 pub use ingress::{FRAME_OVERHEAD, MAX_FRAME_LEN};
 pub use verdict::{DropReason, Verdict};
 
+pub use sluice_conntrack::FlowTables;
 use sluice_tables::Tables;
 
 /// Runs one frame through the pipeline. Never panics; on `Forward { len, .. }`
-/// the frame to send is `frame[..len]` with `len <= frame.len()`.
+/// (and `Reject`) the frame to send is `frame[..len]` with `len <= frame.len()`.
+/// `flows` is the only state written; `now_ns` is the engine's monotonic clock,
+/// passed in so that the pipeline stays deterministic under test.
 pub fn process(
     frame: &mut [u8],
     len: usize,
     ingress_ifindex: u32,
     tables: &Tables,
+    flows: &FlowTables,
     now_ns: u64,
 ) -> Verdict {
-    // Time is an input so that later stages (conntrack) stay deterministic;
-    // nothing here expires yet.
-    let _ = now_ns;
-    match ingress::run(frame, len, ingress_ifindex, tables) {
+    match ingress::run(frame, len, ingress_ifindex, tables, flows, now_ns) {
         Ok(verdict) => verdict,
         Err(reason) => Verdict::Drop(reason),
     }
 }
 
+#[cfg(test)]
+mod flow_tests;
 #[cfg(test)]
 mod tests;

@@ -3,25 +3,44 @@
 use proptest::prelude::*;
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
-    EthernetFrame, EthernetProtocol, Icmpv4Packet, Icmpv6Packet, Icmpv6Repr, IpProtocol,
-    Ipv4Packet, Ipv6Packet, NdiscRepr,
+    EthernetFrame, EthernetProtocol, Icmpv4Packet, Icmpv6Packet, Icmpv6Repr, IpAddress, IpProtocol,
+    Ipv4Packet, Ipv6Packet, NdiscRepr, TcpPacket, UdpPacket,
 };
 
 use crate::fixtures::{self, Fixture, DEFAULT_CAPACITY};
-use crate::{process, DropReason, Verdict};
+use crate::{process, DropReason, FlowTables, Verdict};
 
-fn run(f: &Fixture) -> (Verdict, Vec<u8>) {
-    run_with(f, &fixtures::tables())
+/// Every fixture set with the tables it runs against.
+fn sets() -> Vec<(&'static str, Vec<Fixture>, sluice_tables::Tables)> {
+    vec![
+        ("all", fixtures::all(), fixtures::tables()),
+        (
+            "uplink_all",
+            fixtures::uplink_all(),
+            fixtures::uplink_tables(),
+        ),
+        (
+            "service_all",
+            fixtures::service_all(),
+            fixtures::service_tables(),
+        ),
+    ]
 }
 
-fn run_with(f: &Fixture, tables: &sluice_tables::Tables) -> (Verdict, Vec<u8>) {
+fn run_with(f: &Fixture, tables: &sluice_tables::Tables, flows: &FlowTables) -> (Verdict, Vec<u8>) {
     let mut chunk = vec![0u8; f.capacity];
-    let verdict = f.run(tables, &mut chunk, 0);
+    let verdict = f.run(tables, flows, &mut chunk, 0);
     let out = match verdict {
-        Verdict::Forward { len, .. } => chunk[..len].to_vec(),
+        Verdict::Forward { len, .. } | Verdict::Reject { len, .. } => chunk[..len].to_vec(),
         Verdict::Drop(_) => Vec::new(),
     };
     (verdict, out)
+}
+
+/// Runs a set in order with one flow table; the outputs of every fixture.
+fn run_set(set: &[Fixture], tables: &sluice_tables::Tables) -> Vec<(Verdict, Vec<u8>)> {
+    let flows = fixtures::flows();
+    set.iter().map(|f| run_with(f, tables, &flows)).collect()
 }
 
 #[test]
@@ -35,21 +54,30 @@ fn every_uplink_fixture_gives_its_verdict_and_frame() {
 }
 
 #[test]
-fn uplink_fixture_descriptions_are_unique_across_both_sets() {
-    let all = fixtures::all();
-    for f in fixtures::uplink_all() {
-        assert!(
-            all.iter().all(|o| o.description != f.description),
-            "{}",
-            f.description
-        );
+fn every_service_fixture_gives_its_verdict_and_frame() {
+    let tables = fixtures::service_tables();
+    assert_eq!(
+        tables.services.len(),
+        fixtures::services().len(),
+        "ServiceTable::build refused or lost the fixture services"
+    );
+    check_fixtures(fixtures::service_all(), &tables);
+}
+
+#[test]
+fn fixture_descriptions_are_unique_across_the_sets() {
+    let mut seen = std::collections::HashSet::new();
+    for (_, set, _) in sets() {
+        for f in set {
+            assert!(seen.insert(f.description), "{}", f.description);
+        }
     }
 }
 
 fn check_fixtures(set: Vec<Fixture>, tables: &sluice_tables::Tables) {
     let mut failures = Vec::new();
-    for f in set {
-        let (verdict, out) = run_with(&f, tables);
+    let outputs = run_set(&set, tables);
+    for (f, (verdict, out)) in set.iter().zip(outputs) {
         if verdict != f.expected_verdict {
             failures.push(format!(
                 "{}: got {verdict:?}, want {:?}",
@@ -85,37 +113,59 @@ fn descriptions_are_unique() {
     }
 }
 
-/// Each drop reason the pipeline can produce per frame has a fixture.
+/// Each drop reason the pipeline can produce per frame has a fixture; the
+/// ones that need a prepared flow table have tests in `flow_tests`.
 #[test]
 fn fixtures_cover_the_per_frame_reasons() {
-    let all = fixtures::all();
-    let per_frame_only = [DropReason::TxUnavailable, DropReason::RxRingDropped];
+    let all: Vec<Fixture> = sets().into_iter().flat_map(|(_, set, _)| set).collect();
+    let not_per_frame = [DropReason::TxUnavailable, DropReason::RxRingDropped];
+    let stateful = [
+        DropReason::CtFull,
+        DropReason::NatPortExhausted,
+        DropReason::CtTupleTaken,
+    ];
     for reason in DropReason::ALL
         .iter()
-        .filter(|r| !per_frame_only.contains(r))
+        .filter(|r| !not_per_frame.contains(r) && !stateful.contains(r))
     {
         assert!(
-            all.iter()
-                .any(|f| f.expected_verdict == Verdict::Drop(*reason)),
+            all.iter().any(|f| match f.expected_verdict {
+                Verdict::Drop(r) | Verdict::Reject { reason: r, .. } => r == *reason,
+                Verdict::Forward { .. } => false,
+            }),
             "no fixture drops with {reason:?}"
         );
     }
 }
 
-/// Every frame the pipeline sends is well formed to an independent decoder.
+/// Every frame the pipeline sends is well formed to an independent decoder,
+/// including the TCP and UDP checksums of translated packets.
 #[test]
 fn forwarded_frames_decode_with_smoltcp() {
-    for f in fixtures::all() {
-        let (verdict, out) = run(&f);
-        if !matches!(verdict, Verdict::Forward { .. }) {
-            continue;
+    for (_, set, tables) in sets() {
+        let outputs = run_set(&set, &tables);
+        for (f, (verdict, out)) in set.iter().zip(outputs) {
+            if matches!(verdict, Verdict::Drop(_)) {
+                continue;
+            }
+            decodes_with_smoltcp(f, &out);
         }
-        let eth = EthernetFrame::new_checked(&out[..]).unwrap();
+    }
+}
+
+fn decodes_with_smoltcp(f: &Fixture, out: &[u8]) {
+    {
+        let eth = EthernetFrame::new_checked(out).unwrap();
         match eth.ethertype() {
             EthernetProtocol::Ipv4 => {
                 let ip = Ipv4Packet::new_checked(eth.payload()).unwrap();
                 assert!(ip.verify_checksum(), "{}", f.description);
                 assert!(ip.hop_limit() > 0, "{}", f.description);
+                let (s, d) = (
+                    IpAddress::Ipv4(ip.src_addr()),
+                    IpAddress::Ipv4(ip.dst_addr()),
+                );
+                transport_checksums_verify(f, ip.next_header(), ip.payload(), &s, &d);
                 if ip.next_header() == IpProtocol::Icmp {
                     let icmp = Icmpv4Packet::new_checked(ip.payload()).unwrap();
                     assert!(icmp.verify_checksum(), "{}", f.description);
@@ -124,6 +174,11 @@ fn forwarded_frames_decode_with_smoltcp() {
             }
             EthernetProtocol::Ipv6 => {
                 let ip = Ipv6Packet::new_checked(eth.payload()).unwrap();
+                let (s, d) = (
+                    IpAddress::Ipv6(ip.src_addr()),
+                    IpAddress::Ipv6(ip.dst_addr()),
+                );
+                transport_checksums_verify(f, ip.next_header(), ip.payload(), &s, &d);
                 if ip.next_header() == IpProtocol::Icmpv6 {
                     let (src, dst) = (ip.src_addr(), ip.dst_addr());
                     let icmp = Icmpv6Packet::new_checked(ip.payload()).unwrap();
@@ -160,6 +215,35 @@ fn forwarded_frames_decode_with_smoltcp() {
     }
 }
 
+/// TCP and UDP checksums of a sent packet verify against its (new) addresses.
+fn transport_checksums_verify(
+    f: &Fixture,
+    protocol: IpProtocol,
+    payload: &[u8],
+    src: &IpAddress,
+    dst: &IpAddress,
+) {
+    match protocol {
+        IpProtocol::Tcp => {
+            let tcp = TcpPacket::new_checked(payload).unwrap();
+            assert!(
+                tcp.verify_checksum(src, dst),
+                "{}: TCP checksum",
+                f.description
+            );
+        }
+        IpProtocol::Udp => {
+            let udp = UdpPacket::new_checked(payload).unwrap();
+            assert!(
+                udp.verify_checksum(src, dst),
+                "{}: UDP checksum",
+                f.description
+            );
+        }
+        _ => {}
+    }
+}
+
 fn check_no_panic_and_bounds(
     frame: &mut [u8],
     len: usize,
@@ -167,9 +251,16 @@ fn check_no_panic_and_bounds(
 ) -> Result<(), TestCaseError> {
     let capacity = frame.len();
     let original = frame.to_vec();
-    for tables in [fixtures::tables(), fixtures::uplink_tables()] {
+    let flows = fixtures::flows();
+    for tables in [
+        fixtures::tables(),
+        fixtures::uplink_tables(),
+        fixtures::service_tables(),
+    ] {
         frame.copy_from_slice(&original);
-        if let Verdict::Forward { len, .. } = process(frame, len, ifindex, &tables, 0) {
+        if let Verdict::Forward { len, .. } | Verdict::Reject { len, .. } =
+            process(frame, len, ifindex, &tables, &flows, 0)
+        {
             prop_assert!(len <= capacity);
         }
     }
@@ -207,6 +298,7 @@ proptest! {
     ) {
         let mut all = fixtures::all();
         all.extend(fixtures::uplink_all());
+        all.extend(fixtures::service_all());
         let f = &all[which.index(all.len())];
         let mut frame = f.input.clone();
         for (at, byte) in edits {

@@ -2,28 +2,49 @@
 //!
 //! The uplink program steers only frames to engine-owned prefixes here; ARP and
 //! the node's own traffic stay with the kernel. There is no endpoint to check the
-//! source against: the frame is routed to the endpoint owning its destination
-//! (same TTL / hop-limit handling as between pods), or dropped.
+//! source against. After the conntrack stage (replies to masqueraded flows,
+//! NodePort / LoadBalancer / external IP frontends, new flows to pods), the
+//! frame is routed to the endpoint owning its (possibly translated)
+//! destination, or out of the uplink again when a service sent it to a backend
+//! elsewhere; anything else is dropped. TTL 1 is dropped, not answered.
 
+use sluice_conntrack::FlowTables;
 use sluice_tables::Tables;
 use sluice_wire::ethernet::HEADER_LEN as ETH_LEN;
 use sluice_wire::icmpv6::msg_type;
 use sluice_wire::ip_protocol::ICMPV6;
 use sluice_wire::{ipv4 as wire_ipv4, Ipv4Packet, Ipv6Packet, Parsed, L3};
 
-use crate::{ipv4, ipv6, DropReason, Verdict};
+use crate::conntrack::Stage;
+use crate::icmp_error::ReplyLink;
+use crate::{route, DropReason, Verdict};
 
 pub(crate) fn from_outside(
     frame: &mut [u8],
     len: usize,
     tables: &Tables,
+    flows: &FlowTables,
+    now_ns: u64,
     parsed: Parsed,
 ) -> Result<Verdict, DropReason> {
-    let gateway_mac = tables.gateway.mac.0;
+    let Some(uplink) = tables.uplink.as_ref() else {
+        return Err(DropReason::UnknownIngress);
+    };
+    let stage = Stage {
+        tables,
+        flows,
+        now_ns,
+        from_uplink: true,
+        link: ReplyLink {
+            ifindex: uplink.ifindex,
+            eth_dst: parsed.src,
+            eth_src: uplink.mac.0,
+        },
+    };
     match parsed.l3 {
         // The uplink program hands ARP to the kernel; one that arrives anyway is not ours.
         L3::Arp => Err(DropReason::ArpNotForGateway),
-        L3::Ipv4 { fragment, .. } => {
+        L3::Ipv4 { fragment, l4, .. } => {
             let ip_bytes = frame.get(ETH_LEN..len).ok_or(DropReason::Truncated)?;
             let ip =
                 Ipv4Packet::new_checked(ip_bytes).map_err(|_| DropReason::InvalidIpv4Header)?;
@@ -34,11 +55,10 @@ pub(crate) fn from_outside(
             if fragment {
                 return Err(DropReason::Fragment);
             }
-            let egress = tables.endpoints.by_ipv4(dst).ok_or(DropReason::NoRoute)?;
             if ttl <= 1 {
                 return Err(DropReason::TtlExceeded);
             }
-            ipv4::route(frame, len, egress.ifindex, egress.mac.0, gateway_mac)
+            route::forward(frame, len, l4, false, &stage)
         }
         L3::Ipv6 { upper, l4, .. } => {
             let link_control = match l4 {
@@ -60,11 +80,10 @@ pub(crate) fn from_outside(
             if upper.fragment.is_some() {
                 return Err(DropReason::Fragment);
             }
-            let egress = tables.endpoints.by_ipv6(dst).ok_or(DropReason::NoRoute)?;
             if hop_limit <= 1 {
                 return Err(DropReason::TtlExceeded);
             }
-            ipv6::route(frame, len, egress.ifindex, egress.mac.0, gateway_mac)
+            route::forward(frame, len, l4, true, &stage)
         }
         L3::Other => Err(DropReason::UnknownEthertype),
     }

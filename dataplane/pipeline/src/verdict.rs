@@ -7,6 +7,16 @@ pub enum Verdict {
     /// with this kernel ifindex. A reply to the sender (ARP, ND, ICMP error) is a
     /// `Forward` back to the ingress interface.
     Forward { ifindex: u32, len: usize },
+    /// The frame was refused with an answer to its sender (a TCP RST or an ICMP
+    /// destination unreachable, built in the frame): transmit `len` bytes on
+    /// `ifindex` like a `Forward`, and count the refused packet under `reason`
+    /// like a `Drop`, so a service without backends shows in the drop counters
+    /// whether it rejects or drops.
+    Reject {
+        ifindex: u32,
+        len: usize,
+        reason: DropReason,
+    },
     /// Drop and count under the reason.
     Drop(DropReason),
 }
@@ -97,6 +107,19 @@ drop_reasons! {
     /// ICMP/ICMPv6 checksum of a message addressed to the gateway itself (ND, echo)
     /// does not verify. Transit traffic is not checksummed by the engine.
     L4ChecksumBad = 22, "l4_checksum_bad";
+    /// New connection to a service frontend whose service has no usable backend
+    /// (counted also when it is answered with a TCP RST or ICMP port unreachable).
+    ServiceNoBackend = 23, "service_no_backend";
+    /// The connection tracking table had no room for a new flow.
+    CtFull = 24, "ct_full";
+    /// Masquerade found no free source port (or ICMP identifier) for a new flow.
+    NatPortExhausted = 25, "nat_port_exhausted";
+    /// New connection from outside the cluster to a service whose
+    /// loadBalancerSourceRanges do not contain its source.
+    LbSourceRangeDenied = 26, "lb_source_range_denied";
+    /// A new flow's reply direction is already tracked by another flow (a
+    /// tuple clash the engine does not resolve by remapping a port).
+    CtTupleTaken = 27, "ct_tuple_taken";
 }
 
 #[cfg(test)]
@@ -125,5 +148,9 @@ mod tests {
         assert_eq!(DropReason::SpoofedSourceIp.number(), 10);
         assert_eq!(DropReason::NoRoute.number(), 12);
         assert_eq!(DropReason::TtlExceeded.number(), 13);
+        assert_eq!(DropReason::ServiceNoBackend.number(), 23);
+        assert_eq!(DropReason::CtFull.number(), 24);
+        assert_eq!(DropReason::NatPortExhausted.number(), 25);
+        assert_eq!(DropReason::LbSourceRangeDenied.number(), 26);
     }
 }

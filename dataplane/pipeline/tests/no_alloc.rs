@@ -1,5 +1,6 @@
 //! The steady-state batch loop allocates nothing: ~1000 `process` calls over
-//! the fixture set under a counting global allocator.
+//! each fixture set under a counting global allocator, with the flow tables in
+//! use (service DNAT and its reverse, masquerade, rejects, new and tracked flows).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -62,7 +63,11 @@ fn a_batch_of_process_calls_allocates_nothing() {
     let all = fixtures::all();
     let uplink_tables = fixtures::uplink_tables();
     let uplink_all = fixtures::uplink_all();
+    let service_tables = fixtures::service_tables();
+    let service_all = fixtures::service_all();
+    let flows = fixtures::flows();
     let mut chunk = vec![0u8; 4096];
+    let mut rejected = 0usize;
     let mut forwarded = 0usize;
 
     // The counter sees allocations at all.
@@ -74,16 +79,24 @@ fn a_batch_of_process_calls_allocates_nothing() {
     counting(true);
     for i in 0..1000u64 {
         let f = &all[(i as usize) % all.len()];
-        if let Verdict::Forward { len, .. } = f.run(&tables, &mut chunk, i) {
+        if let Verdict::Forward { len, .. } = f.run(&tables, &flows, &mut chunk, i) {
             forwarded += len;
         }
         let f = &uplink_all[(i as usize) % uplink_all.len()];
-        if let Verdict::Forward { len, .. } = f.run(&uplink_tables, &mut chunk, i) {
+        if let Verdict::Forward { len, .. } = f.run(&uplink_tables, &flows, &mut chunk, i) {
             forwarded += len;
+        }
+        let f = &service_all[(i as usize) % service_all.len()];
+        match f.run(&service_tables, &flows, &mut chunk, i) {
+            Verdict::Forward { len, .. } => forwarded += len,
+            Verdict::Reject { .. } => rejected += 1,
+            Verdict::Drop(_) => {}
         }
     }
     counting(false);
 
     assert!(forwarded > 0);
+    assert!(rejected > 0);
+    assert!(flows.conntrack.stats().entries > 0, "flows were tracked");
     assert_eq!(ALLOCATIONS.load(Ordering::Relaxed), 0);
 }

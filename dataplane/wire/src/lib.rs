@@ -16,6 +16,7 @@ pub mod icmpv4;
 pub mod icmpv6;
 pub mod ipv4;
 pub mod ipv6;
+pub mod sctp;
 pub mod tcp;
 pub mod udp;
 
@@ -50,6 +51,7 @@ pub mod ip_protocol {
     pub const ICMPV6: u8 = 58;
     pub const NO_NEXT_HEADER: u8 = 59;
     pub const DESTINATION_OPTIONS: u8 = 60;
+    pub const SCTP: u8 = 132;
 }
 
 /// Why bytes do not parse: one variant per check, so a counter or a test can

@@ -45,6 +45,7 @@ fn main() -> ExitCode {
     }
 
     let tables = fixtures::tables();
+    let flows = fixtures::flows();
     let mut chunk = vec![0u8; fixtures::DEFAULT_CAPACITY];
     let mut counters = Counters::default();
     let frames = millions * 1_000_000;
@@ -52,7 +53,7 @@ fn main() -> ExitCode {
         let f = &selected[(i % selected.len() as u64) as usize];
         let len = f.input.len();
         chunk[..len].copy_from_slice(&f.input);
-        let verdict = process(&mut chunk, len, f.ingress_ifindex, &tables, i);
+        let verdict = process(&mut chunk, len, f.ingress_ifindex, &tables, &flows, i);
         counters.count(std::hint::black_box(verdict));
     }
     let dropped: u64 = counters.drops.iter().sum();
