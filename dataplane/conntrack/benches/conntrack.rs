@@ -53,8 +53,8 @@ fn bench(c: &mut Criterion) {
         capacity: CAPACITY,
         timeouts: Timeouts::default(),
     });
-    // Established flows are never evicted: a key whose bucket is full of
-    // them is refused (counted as an insert failure and printed below).
+    // Established flows are never evicted: a key whose two buckets are full
+    // of them (none movable) is refused (counted and printed below).
     for i in 0..FLOWS {
         let k = key(i);
         let _ = ct.insert_flow(
@@ -66,7 +66,7 @@ fn bench(c: &mut Criterion) {
     }
     let stats = ct.stats();
     eprintln!(
-        "conntrack: {} flows offered, {} refused (full bucket), {} entries of {} slots, {} evictions; {} bytes per entry, {} MiB here, {} MiB at the default capacity",
+        "conntrack: {} flows offered, {} refused (full buckets), {} entries of {} slots, {} evictions; {} bytes per entry, {} MiB here, {} MiB at the default capacity",
         FLOWS,
         stats.insert_failures,
         stats.entries,

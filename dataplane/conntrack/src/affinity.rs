@@ -45,21 +45,31 @@ impl Affinity {
         (now_ns < expiry).then_some(backend as u32)
     }
 
-    /// Records (or refreshes) the backend for `client`.
+    /// Records (or refreshes) the backend for `client`: in place if it is
+    /// there, else in the emptier of its two buckets, else over the least
+    /// recently used entry of both.
     pub fn set(&self, service_id: u32, client: IpAddr, backend_id: u32, now_ns: u64) {
         let key = key_words(service_id, client);
         let location = self.table.locate(&key);
         let value = [u64::from(backend_id), now_ns];
-        let guard = self.table.lock(location.bucket);
-        let slot = guard
+        let locks = self.table.lock_set(location.buckets);
+        let guards = location.distinct().filter_map(|bucket| locks.get(bucket));
+        let place = locks
             .find(location, &key)
-            .or_else(|| guard.empty_slot())
-            .unwrap_or_else(|| {
-                (0..SLOTS)
-                    .min_by_key(|&slot| guard.value(slot)[1])
-                    .unwrap_or(0)
+            .or_else(|| {
+                guards
+                    .clone()
+                    .min_by_key(|guard| guard.occupied())
+                    .and_then(|guard| Some((guard, guard.empty_slot()?)))
+            })
+            .or_else(|| {
+                guards
+                    .flat_map(|guard| (0..SLOTS).map(move |slot| (guard, slot)))
+                    .min_by_key(|(guard, slot)| guard.value(*slot)[1])
             });
-        guard.write(slot, location.tag, &key, &value);
+        if let Some((guard, slot)) = place {
+            guard.write(slot, location.tag, &key, &value);
+        }
     }
 
     /// Forgets every entry of a service (affinity switched off, service removed).
@@ -111,7 +121,7 @@ mod tests {
 
     #[test]
     fn a_full_table_forgets_the_least_recently_used() {
-        // One bucket: every key lands in it.
+        // One bucket: every key has it as both of its buckets.
         let affinity = Affinity::new(SLOTS);
         for i in 0..SLOTS as u32 {
             affinity.set(1, client(i), i, u64::from(i) * S);

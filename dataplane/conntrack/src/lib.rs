@@ -1,7 +1,7 @@
 //! Connection tracking shared by every packet worker: the one table workers write.
 //!
 //! Shape: a fixed-capacity, set-associative table of slots made of `AtomicU64`
-//! words ([`table`]). Readers use a per-bucket sequence counter (seqlock): they
+//! words ([`table`]), each key in either of two buckets. Readers use a per-bucket sequence counter (seqlock): they
 //! never wait for a lock and never block a writer; a reader that raced a write
 //! retries. Writers take the bucket's sequence word with a compare-and-swap
 //! (odd = being written), write, and release. No allocation after
@@ -13,7 +13,7 @@
 //! a packet that matches it, so DNAT, SNAT, hairpin and masquerade are all the
 //! same mechanism. Flow state (TCP state, last seen) lives in the original
 //! entry, and is copied into the reply entry under the same locks so a reply
-//! packet reads one bucket; the original key is always recoverable from a
+//! packet reads its own entry only; the original key is always recoverable from a
 //! reply entry as `reverse(apply(reply.rewrites, reply_key))`
 //! ([`FlowKey::partner`]).
 //!

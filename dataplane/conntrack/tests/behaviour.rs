@@ -422,3 +422,101 @@ fn entries_serialize_for_the_cli() {
     assert!(json.contains(r#""dst":"10.0.1.5:8080""#), "{json}");
     assert!(json.contains(r#""tcp":"SYN_SENT""#), "{json}");
 }
+
+/// A distinct pseudo-random TCP key per (index below 2^24, set below 256):
+/// the multiplier is odd, so the address is a bijection of both. Fixed
+/// keys; their placement still varies with the table's random hash seed.
+fn random_key(i: u32, set: u32) -> sluice_conntrack::FlowKey {
+    let mixed = (i | set << 24).wrapping_mul(0x9E37_79B1);
+    let mut key = key("10.0.0.1", 0, "10.96.0.1", 443, TCP);
+    key.src = std::net::IpAddr::V4(std::net::Ipv4Addr::from(mixed));
+    key.src_port = 1024 + (mixed >> 20) as u16 % 60_000;
+    key
+}
+
+/// Two bucket choices per key (with a move to the other bucket when both
+/// are full) fill a table of random keys to 90% without a refusal; one
+/// bucket per key refuses about 1% of these (8% of buckets overflow).
+#[test]
+fn ninety_percent_of_capacity_in_established_flows_is_never_refused() {
+    let capacity = 64 * 1024;
+    let ct = table(capacity);
+    let flows = (capacity * 9 / 10 / 2) as u32;
+    for i in 0..flows {
+        let k = random_key(i, 0x5eed);
+        let parts = flow(k, None, FlowState::Tcp(TcpState::Established), S);
+        assert_eq!(insert(&ct, parts), Ok(()), "flow {i} of {flows} refused");
+    }
+    let stats = ct.stats();
+    assert_eq!(stats.insert_failures, 0);
+    assert_eq!(stats.evictions, 0);
+    assert_eq!(stats.entries, 2 * u64::from(flows));
+    assert_eq!(stats.pressure_permille, 899);
+    for i in 0..flows {
+        let k = random_key(i, 0x5eed);
+        assert!(ct.lookup(&k, 2 * S).is_some(), "flow {i} lost");
+        assert!(
+            ct.lookup(&k.reversed(), 2 * S).is_some(),
+            "flow {i} lost its reply"
+        );
+    }
+}
+
+/// Past capacity: half-open flows are evicted (both entries) to make room
+/// for new flows, established ones never are, and once only established
+/// flows remain an insert fails with `Full`; the table never holds more
+/// entries than it has slots.
+#[test]
+fn past_capacity_half_open_flows_are_evicted_then_inserts_are_full() {
+    let capacity = 4096;
+    let ct = table(capacity);
+    // A quarter of the slots in half-open flows, seen at 1 s.
+    let half_open: Vec<_> = (0..capacity as u32 / 8).map(|i| random_key(i, 1)).collect();
+    for &k in &half_open {
+        insert(&ct, flow(k, None, FlowState::Tcp(TcpState::SynSent), S)).unwrap();
+    }
+    // Then established flows at 2 s: as many as the whole table holds.
+    let mut established = Vec::new();
+    let mut full = 0;
+    for i in 0..capacity as u32 / 2 {
+        let k = random_key(i, 2);
+        match insert(
+            &ct,
+            flow(k, None, FlowState::Tcp(TcpState::Established), 2 * S),
+        ) {
+            Ok(()) => established.push(k),
+            Err(InsertError::Full) => full += 1,
+            Err(InsertError::Exists) => unreachable!("distinct keys"),
+        }
+        let stats = ct.stats();
+        assert!(stats.entries <= stats.capacity);
+        // Nothing is evicted while there is room somewhere near.
+        if stats.entries * 10 < stats.capacity * 9 {
+            assert_eq!(stats.evictions, 0, "evicted at {} entries", stats.entries);
+        }
+    }
+    let stats = ct.stats();
+    assert!(full > 0, "more flows than slots were all accepted");
+    assert_eq!(stats.insert_failures, full);
+    // Every established flow is still there, both entries.
+    for k in &established {
+        assert!(
+            ct.lookup(k, 3 * S).is_some(),
+            "an established flow was evicted"
+        );
+        assert!(ct.lookup(&k.reversed(), 3 * S).is_some());
+    }
+    // Half-open flows went whole, and each was one eviction.
+    let mut gone = 0;
+    for k in &half_open {
+        let original = ct.lookup(k, 3 * S).is_some();
+        assert_eq!(original, ct.lookup(&k.reversed(), 3 * S).is_some());
+        gone += u64::from(!original);
+    }
+    assert!(gone > 0, "no half-open flow made room");
+    assert_eq!(stats.evictions, gone);
+    let remaining = half_open.len() as u64 - gone;
+    assert_eq!(stats.entries, 2 * (established.len() as u64 + remaining));
+    // Near full: at least 90% of the slots are in use.
+    assert!(stats.entries * 10 >= stats.capacity * 9, "{stats:?}");
+}
