@@ -6,7 +6,8 @@ set -eu
 PACKAGES="clang llvm libbpf-dev libelf-dev zlib1g-dev m4 pkg-config linux-libc-dev
 iproute2 iputils-ping iperf3 ethtool netsniff-ng bpftool procps util-linux
 iptables nftables sockperf
-containerd containernetworking-plugins busybox-static"
+containerd containernetworking-plugins busybox-static
+python3 curl nginx-light"
 
 missing=""
 for pkg in $PACKAGES; do

@@ -11,7 +11,7 @@
 use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
-use sluice_tables::MacAddr;
+use sluice_tables::{LbConfig, MacAddr, Service};
 
 /// Version of this protocol; carried in every request.
 pub const AGENT_PROTOCOL_VERSION: u32 = 1;
@@ -96,6 +96,9 @@ pub enum AgentRequest {
     Status,
     ListEndpoints,
     ListIdentities,
+    /// The services of the desired state (what the engine balances) and the
+    /// node's load-balancing settings.
+    ListServices,
 }
 
 /// What the CNI plugin reports after wiring an attachment.
@@ -144,15 +147,38 @@ fn one_queue() -> u32 {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "response", rename_all = "snake_case")]
 pub enum AgentResponse {
-    Allocated { allocation: Allocation },
-    Registered { generation: u64 },
-    Released { released: bool },
-    Checked { allocation: Allocation },
-    GcDone { released: Vec<Attachment> },
-    Status { status: AgentStatus },
-    Endpoints { endpoints: Vec<EndpointInfo> },
-    Identities { identities: Vec<IdentityInfo> },
-    Error { kind: ErrorKind, message: String },
+    Allocated {
+        allocation: Allocation,
+    },
+    Registered {
+        generation: u64,
+    },
+    Released {
+        released: bool,
+    },
+    Checked {
+        allocation: Allocation,
+    },
+    GcDone {
+        released: Vec<Attachment>,
+    },
+    Status {
+        status: AgentStatus,
+    },
+    Endpoints {
+        endpoints: Vec<EndpointInfo>,
+    },
+    Identities {
+        identities: Vec<IdentityInfo>,
+    },
+    Services {
+        services: Vec<Service>,
+        lb: LbConfig,
+    },
+    Error {
+        kind: ErrorKind,
+        message: String,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -188,6 +214,9 @@ pub struct AgentStatus {
     pub endpoints: usize,
     pub identities: usize,
     pub ipcache_entries: usize,
+    /// Service ports in the desired state (absent from older agents).
+    #[serde(default)]
+    pub services: usize,
     pub pod_cidrs: Vec<String>,
     /// Manifest or watch problems currently in effect (each names file, object, field).
     pub source_errors: Vec<String>,
@@ -266,5 +295,7 @@ mod tests {
         assert_eq!(serde_json::from_str::<Request>(&text).unwrap(), r);
         let s = serde_json::to_string(&Request::new(AgentRequest::Status)).unwrap();
         assert_eq!(s, r#"{"protocol":1,"request":"status"}"#);
+        let s = serde_json::to_string(&Request::new(AgentRequest::ListServices)).unwrap();
+        assert_eq!(s, r#"{"protocol":1,"request":"list_services"}"#);
     }
 }

@@ -2,13 +2,14 @@
 //!
 //! [`diff_states`] and [`apply_changes`] are inverse: applying the diff of
 //! `a -> b` to `a` gives `b` (a property test checks it). Endpoints are keyed by
-//! their node-side interface name, ipcache entries by address.
+//! their node-side interface name, ipcache entries by address, services by id
+//! (the agent keeps service ids stable, so an edited service is one upsert).
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
-use sluice_tables::{Endpoint, Gateway, IpCacheEntry, NodeState, Uplink};
+use sluice_tables::{Endpoint, Gateway, IpCacheEntry, LbConfig, NodeState, Service, Uplink};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
@@ -36,6 +37,17 @@ pub enum Change {
     RemoveIpCache {
         ip: IpAddr,
     },
+    /// Replaces the node-wide load-balancing and masquerade settings.
+    SetLb {
+        lb: LbConfig,
+    },
+    /// Adds the service, or replaces the one with the same id.
+    UpsertService {
+        service: Service,
+    },
+    RemoveService {
+        id: u32,
+    },
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -44,6 +56,8 @@ pub enum ChangeError {
     NoSuchEndpoint { index: usize, ifname: String },
     #[error("change {index}: no ipcache entry for {ip} to remove")]
     NoSuchIpCacheEntry { index: usize, ip: IpAddr },
+    #[error("change {index}: no service with id {id} to remove")]
+    NoSuchService { index: usize, id: u32 },
 }
 
 /// The changes that turn `from` into `to`, in a stable order (removals
@@ -83,6 +97,17 @@ pub fn diff_states(from: &NodeState, to: &NodeState) -> Vec<Change> {
     for ip in old_ips.keys().filter(|k| !new_ips.contains_key(*k)) {
         changes.push(Change::RemoveIpCache { ip: *ip });
     }
+    if from.lb != to.lb {
+        changes.push(Change::SetLb { lb: to.lb.clone() });
+    }
+    let old_services: BTreeMap<u32, &Service> = from.services.iter().map(|s| (s.id, s)).collect();
+    let new_services: BTreeMap<u32, &Service> = to.services.iter().map(|s| (s.id, s)).collect();
+    for id in old_services
+        .keys()
+        .filter(|k| !new_services.contains_key(*k))
+    {
+        changes.push(Change::RemoveService { id: *id });
+    }
     for (ifname, endpoint) in &new {
         if old.get(ifname) != Some(endpoint) {
             changes.push(Change::UpsertEndpoint {
@@ -97,6 +122,13 @@ pub fn diff_states(from: &NodeState, to: &NodeState) -> Vec<Change> {
                     ip: *ip,
                     identity: *identity,
                 },
+            });
+        }
+    }
+    for (id, service) in &new_services {
+        if old_services.get(id) != Some(service) {
+            changes.push(Change::UpsertService {
+                service: (*service).clone(),
             });
         }
     }
@@ -145,12 +177,27 @@ pub fn apply_changes(state: &NodeState, changes: &[Change]) -> Result<NodeState,
                     return Err(ChangeError::NoSuchIpCacheEntry { index, ip: *ip });
                 }
             }
+            Change::SetLb { lb } => next.lb = lb.clone(),
+            Change::UpsertService { service } => {
+                match next.services.iter_mut().find(|s| s.id == service.id) {
+                    Some(slot) => *slot = service.clone(),
+                    None => next.services.push(service.clone()),
+                }
+            }
+            Change::RemoveService { id } => {
+                let before = next.services.len();
+                next.services.retain(|s| s.id != *id);
+                if next.services.len() == before {
+                    return Err(ChangeError::NoSuchService { index, id: *id });
+                }
+            }
         }
     }
     Ok(next)
 }
 
-/// Node states compared as the engine sees them: endpoint and ipcache order does not matter.
+/// Node states compared as the engine sees them: endpoint, ipcache and service
+/// order does not matter.
 pub fn same_state(a: &NodeState, b: &NodeState) -> bool {
     diff_states(a, b).is_empty()
 }
@@ -159,7 +206,10 @@ pub fn same_state(a: &NodeState, b: &NodeState) -> bool {
 mod tests {
     use super::*;
     use proptest::prelude::*;
-    use sluice_tables::MacAddr;
+    use sluice_tables::{
+        Backend, BackendState, Frontend, FrontendKind, L4Protocol, LbAlgorithm, MacAddr,
+        NoBackendResponse,
+    };
 
     fn gateway() -> Gateway {
         Gateway {
@@ -199,6 +249,44 @@ mod tests {
         }
     }
 
+    /// Service `id` in variant `v`: the variant changes its frontend port,
+    /// backends, algorithm and affinity, so two variants differ.
+    fn service(id: u32, v: u8) -> Service {
+        Service {
+            id,
+            name: format!("default/svc{id}"),
+            port_name: String::new(),
+            protocol: if v.is_multiple_of(2) {
+                L4Protocol::Tcp
+            } else {
+                L4Protocol::Udp
+            },
+            frontends: vec![Frontend {
+                kind: FrontendKind::ClusterIp,
+                addr: IpAddr::from([10, 96, 0, id as u8]),
+                port: 80 + u16::from(v),
+            }],
+            backends: (0..v)
+                .map(|b| Backend {
+                    id: id * 100 + u32::from(b),
+                    addr: IpAddr::from([10, 200, 0, b]),
+                    port: 8080,
+                    state: BackendState::Ready,
+                    local: b.is_multiple_of(2),
+                })
+                .collect(),
+            algorithm: if v > 2 {
+                LbAlgorithm::Maglev
+            } else {
+                LbAlgorithm::Random
+            },
+            affinity_timeout_s: (v == 1).then_some(10800),
+            external_traffic_local: false,
+            internal_traffic_local: v == 3,
+            source_ranges: Vec::new(),
+        }
+    }
+
     #[test]
     fn a_diff_names_only_what_changed() {
         let a = state(&[(1, 256), (2, 257)], &[(1, 256)], 1500);
@@ -212,6 +300,21 @@ mod tests {
         assert!(matches!(&changes[0], Change::RemoveEndpoint { ifname } if ifname == "lxc1"));
         assert!(same_state(&apply_changes(&a, &changes).unwrap(), &b));
         assert!(diff_states(&b, &b).is_empty());
+    }
+
+    #[test]
+    fn an_edited_service_is_one_upsert_and_a_gone_one_a_removal() {
+        let mut a = state(&[], &[], 1500);
+        a.services = vec![service(1, 1), service(2, 2)];
+        let mut b = a.clone();
+        b.services = vec![service(2, 3), service(3, 0)];
+        let changes = diff_states(&a, &b);
+        assert_eq!(changes.len(), 3, "{changes:?}");
+        assert_eq!(changes[0], Change::RemoveService { id: 1 });
+        assert!(matches!(&changes[1], Change::UpsertService { service } if service.id == 2));
+        assert!(matches!(&changes[2], Change::UpsertService { service } if service.id == 3));
+        let err = apply_changes(&b, &[Change::RemoveService { id: 9 }]).unwrap_err();
+        assert_eq!(err.to_string(), "change 0: no service with id 9 to remove");
     }
 
     #[test]
@@ -236,11 +339,18 @@ mod tests {
             proptest::collection::btree_map(0u8..16, 256u32..260, 0..8),
             proptest::collection::btree_map(0u8..16, 256u32..260, 0..8),
             prop_oneof![Just(1500u32), Just(9000u32)],
+            proptest::collection::btree_map(1u32..12, 0u8..4, 0..8),
+            any::<bool>(),
         )
-            .prop_map(|(eps, ips, mtu)| {
+            .prop_map(|(eps, ips, mtu, services, drop)| {
                 let eps: Vec<(u8, u32)> = eps.into_iter().collect();
                 let ips: Vec<(u8, u32)> = ips.into_iter().collect();
-                state(&eps, &ips, mtu)
+                let mut s = state(&eps, &ips, mtu);
+                s.services = services.into_iter().map(|(id, v)| service(id, v)).collect();
+                if drop {
+                    s.lb.no_backend = NoBackendResponse::Drop;
+                }
+                s
             })
     }
 
@@ -252,6 +362,11 @@ mod tests {
             prop_assert!(same_state(&got, &b));
             // And the diff is minimal enough to be empty between equal states.
             prop_assert!(diff_states(&got, &b).is_empty());
+            // Services and lb settings are carried, not only compared.
+            let mut services = got.services.clone();
+            services.sort_by_key(|s| s.id);
+            prop_assert_eq!(&services, &b.services);
+            prop_assert_eq!(&got.lb, &b.lb);
         }
     }
 }

@@ -68,6 +68,12 @@ impl Lab {
     /// Starts sluice-agent in the node namespace and waits for its socket.
     /// Returns its PID.
     pub fn start_agent(&self) -> Result<u32> {
+        self.start_agent_with(&[])
+    }
+
+    /// [`Lab::start_agent`] with `extra` appended to the agent's command line
+    /// (service flags such as `--enable-masquerade`).
+    pub fn start_agent_with(&self, extra: &[&str]) -> Result<u32> {
         let binary = find_binary(AGENT)?.display().to_string();
         let socket = self.agent_socket();
         let manifests = self.manifests_dir().display().to_string();
@@ -109,6 +115,7 @@ impl Lab {
                 uplink.next_hop_mac.to_string(),
             ]);
         }
+        args.extend(extra.iter().map(|s| s.to_string()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let pid = {
             let mut inner = self.shared.lock()?;

@@ -21,6 +21,7 @@ mod engine;
 mod lab;
 pub mod names;
 mod programs;
+pub mod services;
 
 pub use cleanup::{cleanup, lab_namespaces, CleanupReport, CleanupScope};
 pub use command::CmdOutput;

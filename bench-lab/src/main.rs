@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use sluice_lab::bench::forward::{self, ForwardConfig, Generator, Variant};
 use sluice_lab::bench::rules::Loader;
 use sluice_lab::bench::scenarios::{self, ScenariosConfig};
+use sluice_lab::bench::services::{self, ServicesConfig};
 use sluice_lab::bench::sync::{self, SyncConfig};
 use sluice_lab::{
     cleanup, teardown_all, CleanupScope, EngineOptions, Forwarding, Lab, LabSpec, PingResult,
@@ -101,6 +102,11 @@ enum BenchCmd {
     /// kube-proxy-shaped iptables/nftables services), XDP devmap and the engine (1 or 2
     /// workers); trials interleaved per scenario. Prints a Markdown table per scenario.
     Scenarios(ScenariosArgs),
+    /// Services at scale (issue 5): first-packet latency (connect time) and new TCP
+    /// connections per second through the last ClusterIP of 1, 1k, 10k and 100k services,
+    /// sluice-engine (state file) beside kube-proxy's iptables rules, rounds interleaved.
+    /// Prints the two side by side with ratios.
+    Services(ServicesArgs),
     /// Control plane: N pods (distinct labels, so N identities, one podIP each) from a
     /// manifest directory to the engine's tables through a fresh sluice-agent (time to full
     /// sync), then single-label edits to the engine's ack; sizes interleaved, the largest
@@ -128,6 +134,57 @@ struct SyncArgs {
     /// Write every trial and the summary as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Services instead of pods: `--sizes` counts Services (2 backends each, from
+    /// EndpointSlices), and the edits move one EndpointSlice's backend.
+    #[arg(long)]
+    services: bool,
+}
+
+#[derive(clap::Args, Debug)]
+struct ServicesArgs {
+    /// Service counts, comma separated; the first is the baseline of the "/ N" ratios.
+    #[arg(long, value_delimiter = ',', default_value = "1,1000,10000,100000")]
+    sizes: Vec<usize>,
+    /// Dataplanes, comma separated: sluice, iptables.
+    #[arg(long, value_delimiter = ',', default_value = "sluice,iptables")]
+    dataplanes: Vec<services::Dataplane>,
+    /// Rounds; each runs every size on every dataplane once.
+    #[arg(long, default_value_t = 3)]
+    trials: u32,
+    /// Run time of the connection-rate client.
+    #[arg(long, default_value_t = 5)]
+    seconds: u32,
+    /// Concurrent connect/close loops of the connection-rate client.
+    #[arg(long, default_value_t = 4)]
+    parallel: usize,
+    /// Sequential connects of the first-packet latency probe.
+    #[arg(long, default_value_t = 1000)]
+    probes: usize,
+    /// iptables flavour: nft (iptables-nft-restore) or legacy (iptables-legacy-restore).
+    #[arg(long, default_value = "nft")]
+    iptables: String,
+    /// Bound on one iptables-restore in seconds; a size that does not load in time is not
+    /// tried again, nor any larger one.
+    #[arg(long, default_value_t = 240)]
+    iptables_load_timeout: u64,
+    /// Bound on the engine's start (state parse and table build) in seconds.
+    #[arg(long, default_value_t = 120)]
+    engine_start_timeout: u64,
+    /// Smoke run: 1 round, 2 s of connections, 200 probes.
+    #[arg(long)]
+    quick: bool,
+    /// Write every trial and the summary as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Engine binary (default: $SLUICE_ENGINE, else next to this binary).
+    #[arg(long)]
+    engine: Option<PathBuf>,
+    /// sluice-connrate binary (default: $SLUICE_CONNRATE, else next to this binary).
+    #[arg(long)]
+    connrate: Option<PathBuf>,
+    /// Extra argument for the engine (repeatable).
+    #[arg(long = "engine-arg", allow_hyphen_values = true)]
+    engine_args: Vec<String>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -253,6 +310,9 @@ fn main() {
             bench: BenchCmd::Scenarios(args),
         } => bench_scenarios(args),
         Cmd::Bench {
+            bench: BenchCmd::Services(args),
+        } => bench_services(args),
+        Cmd::Bench {
             bench: BenchCmd::Sync(args),
         } => bench_sync(args),
         Cmd::Cleanup { all } => clean(all),
@@ -366,6 +426,9 @@ fn demo(args: &LabArgs, count: u32, seconds: u32) -> Result<()> {
             }
         }
     }
+    if lab.agent_pid().is_some() && n >= 2 {
+        failures += demo_service(&lab, n);
+    }
     if lab.engine_pid().is_some() {
         failures += print_engine_counters(&lab);
     }
@@ -375,6 +438,72 @@ fn demo(args: &LabArgs, count: u32, seconds: u32) -> Result<()> {
         bail!("{failures} check(s) failed");
     }
     Ok(())
+}
+
+/// A ClusterIP Service (IPv4 and IPv6) selecting pods 2..=n by label, with a
+/// named target port: HTTP servers in those pods, requests from pod 1 to the
+/// service addresses, each answered by the backend the engine chose.
+/// Returns the number of failures.
+fn demo_service(lab: &Lab, n: usize) -> usize {
+    use sluice_lab::services::{
+        cluster_ipv4, cluster_ipv6, ContainerPort, Place, PodManifest, ServiceManifest, ServicePort,
+    };
+    const REQUESTS: usize = 6;
+    let setup = || -> Result<Vec<IpAddr>> {
+        let mut pods = vec![PodManifest::lab_default(1)];
+        for i in 2..=n {
+            lab.start_netexec(Place::Pod(i), &format!("pod{i}"), &[8080], &[])?;
+            pods.push(PodManifest::serving(
+                i,
+                ("demo", "web"),
+                vec![ContainerPort::tcp(8080).named("http")],
+            ));
+        }
+        lab.write_pods(&pods)?;
+        let vips = vec![cluster_ipv4(10), cluster_ipv6(10)];
+        let service = ServiceManifest::cluster_ip(
+            "web",
+            &vips,
+            vec![ServicePort::tcp(80, 8080)
+                .named("http")
+                .to_named_target("http")],
+        )
+        .selecting("demo", "web");
+        lab.apply_manifest("web-service.yaml", &[service.to_json()])?;
+        Ok(vips)
+    };
+    let vips = match setup() {
+        Ok(vips) => vips,
+        Err(err) => {
+            println!("\nservice: error: {err:#}");
+            return 1;
+        }
+    };
+    println!(
+        "\nService default/web (ClusterIP, port 80 -> named port http of pods 2..{n}), \
+         {REQUESTS} requests per address from pod1:"
+    );
+    let mut failures = 0;
+    for vip in vips {
+        let mut answers = Vec::new();
+        for _ in 0..REQUESTS {
+            match lab.http_get(Place::Pod(1), vip, 80, "/hostname") {
+                Ok(reply) => match reply.answer() {
+                    Some(name) => answers.push(name.to_string()),
+                    None => {
+                        failures += 1;
+                        answers.push(format!("{reply:?}"));
+                    }
+                },
+                Err(err) => {
+                    failures += 1;
+                    answers.push(format!("error: {err:#}"));
+                }
+            }
+        }
+        println!("  {vip:<14} answered by {}", answers.join(", "));
+    }
+    failures
 }
 
 /// Shows the node the way a user reads it: with the `sluice` CLI built beside
@@ -394,6 +523,8 @@ fn print_engine_counters(lab: &Lab) -> usize {
         views.push(("agent and engine", vec!["status"]));
         views.push(("endpoints", vec!["endpoint", "list"]));
         views.push(("identities", vec!["identity", "list"]));
+        views.push(("services", vec!["service", "list"]));
+        views.push(("connections", vec!["conntrack", "list"]));
     }
     views.push(("engine counters", vec!["stats"]));
     views.push(("drops by reason", vec!["drops"]));
@@ -517,7 +648,58 @@ fn bench_scenarios(args: ScenariosArgs) -> Result<()> {
     )
 }
 
+fn bench_services(args: ServicesArgs) -> Result<()> {
+    let iptables = match args.iptables.as_str() {
+        "nft" => Loader::IptablesNft,
+        "legacy" => Loader::IptablesLegacy,
+        other => bail!("--iptables {other:?}: nft or legacy"),
+    };
+    let mut config = ServicesConfig {
+        sizes: args.sizes,
+        dataplanes: args.dataplanes,
+        trials: args.trials,
+        seconds: args.seconds,
+        parallel: args.parallel,
+        probes: args.probes,
+        iptables,
+        iptables_load_timeout_seconds: args.iptables_load_timeout,
+        engine_start_timeout_seconds: args.engine_start_timeout,
+        engine: args.engine,
+        connrate: args.connrate,
+        engine_args: args.engine_args,
+    };
+    if args.quick {
+        config = config.quick();
+    }
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    let report = services::run(&config, command)?;
+    services::print_report(&report);
+    finish_report(
+        &report,
+        args.json.as_deref(),
+        report.trials.len(),
+        report.failed.len(),
+    )
+}
+
 fn bench_sync(args: SyncArgs) -> Result<()> {
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    if args.services {
+        let config = sync::ServicesSyncConfig {
+            sizes: args.sizes,
+            trials: args.trials,
+            edits: args.edits,
+            poll_ms: args.poll_ms,
+        };
+        let report = sync::run_services(&config, command)?;
+        println!("{}", sync::services_markdown_table(&report.summary));
+        return finish_report(
+            &report,
+            args.json.as_deref(),
+            report.trials.len(),
+            report.failed.len(),
+        );
+    }
     let config = SyncConfig {
         sizes: args.sizes,
         trials: args.trials,
@@ -525,7 +707,6 @@ fn bench_sync(args: SyncArgs) -> Result<()> {
         namespaces: args.namespaces,
         poll_ms: args.poll_ms,
     };
-    let command = std::env::args().collect::<Vec<_>>().join(" ");
     let report = sync::run(&config, command)?;
     sync::print_report(&report);
     finish_report(

@@ -187,6 +187,7 @@ fn request_name(body: &AgentRequest) -> &'static str {
         AgentRequest::Status => "status",
         AgentRequest::ListEndpoints => "list_endpoints",
         AgentRequest::ListIdentities => "list_identities",
+        AgentRequest::ListServices => "list_services",
     }
 }
 

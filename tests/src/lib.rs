@@ -7,3 +7,4 @@ pub mod cni;
 pub mod containerd;
 pub mod engine_view;
 pub mod root_state;
+pub mod service_checks;

@@ -7,6 +7,9 @@
 //! connections per second, over the kernel (with and without conntrack), kube-proxy-shaped
 //! iptables/nftables services, an XDP devmap and the engine with one or two workers.
 //!
+//! [`services`]: first-packet latency and new TCP connections per second through a ClusterIP
+//! behind 1 to 100k services, sluice-engine beside kube-proxy's iptables rules.
+//!
 //! [`sync`]: the control plane: N pods and their identities from manifests to the engine's
 //! tables (full sync) and one manifest edit to the engine's ack, N=1000 beside N=100.
 
@@ -17,6 +20,7 @@ mod machine;
 mod labkit;
 pub mod rules;
 pub mod scenarios;
+pub mod services;
 pub mod sync;
 
 pub use machine::{CpuTimes, Machine};

@@ -8,12 +8,14 @@
 //! - [`kube_proxy_nftables`]: the `ip kube-proxy` table of kube-proxy's nftables mode (V3n),
 //!   for one `nft -f`.
 //!
-//! Service `i` (0-based) has ClusterIP [`cluster_ip`]`(i)` in 10.96.0.0/16, TCP port
-//! [`SERVICE_PORT`], and two endpoints that both DNAT to pod 2 at [`TARGET_PORT`]: the
-//! measured traffic goes to the last service's ClusterIP, behind every other service rule.
+//! Service `i` (0-based) has ClusterIP [`cluster_ip`]`(i)` (10.96.0.0/16 for the first
+//! [`SERVICES_PER_CIDR`], then 10.97.0.0/16), TCP port [`SERVICE_PORT`], and two endpoints
+//! that both DNAT to pod 2 at [`TARGET_PORT`] ([`kube_proxy_iptables_to`] takes other
+//! endpoints): the measured traffic goes to the last service's ClusterIP, behind every
+//! other service rule.
 
 use std::fmt::Write as _;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
@@ -26,18 +28,27 @@ use crate::Lab;
 pub const SERVICE_PORT: u16 = 80;
 /// The port the servers in pod 2 listen on (also the endpoints' target port).
 pub const TARGET_PORT: u16 = 8080;
-/// Most services a rule set can have (10.96.0.1 .. 10.96.255.254).
-pub const MAX_SERVICES: usize = 65_000;
+/// Services numbered into one /16 before the next one starts (10.96.0.1 .. 10.96.253.232).
+pub const SERVICES_PER_CIDR: usize = 65_000;
+/// Most services a rule set can have: two /16s (10.96.0.0/16 and 10.97.0.0/16).
+pub const MAX_SERVICES: usize = 2 * SERVICES_PER_CIDR;
 /// Pod CIDR of the lab (kube-proxy's `--cluster-cidr`): sources outside are masqueraded.
 const CLUSTER_CIDR: &str = "10.200.0.0/16";
 /// How long one `iptables-restore` / `nft -f` may take (10k services in nft take tens of
 /// seconds: every anonymous verdict map gets a name by a linear search of the table's sets).
 pub const LOAD_TIMEOUT: Duration = Duration::from_secs(240);
 
-/// ClusterIP of service `i`: 10.96.0.0 + i + 1.
+/// ClusterIP of service `i`: 10.96.0.0 + i + 1 for the first [`SERVICES_PER_CIDR`], then
+/// 10.97.0.0 + (i - SERVICES_PER_CIDR) + 1 (so neither /16's network or broadcast address
+/// is a service).
 pub fn cluster_ip(i: usize) -> Ipv4Addr {
-    let n = u32::try_from(i + 1).unwrap_or(u32::MAX);
-    Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 96, 0, 0)) + n)
+    let (base, offset) = if i < SERVICES_PER_CIDR {
+        (Ipv4Addr::new(10, 96, 0, 0), i)
+    } else {
+        (Ipv4Addr::new(10, 97, 0, 0), i - SERVICES_PER_CIDR)
+    };
+    let n = u32::try_from(offset + 1).unwrap_or(u32::MAX);
+    Ipv4Addr::from(u32::from(base).saturating_add(n))
 }
 
 /// A kube-proxy-like 16-character chain suffix (kube-proxy uses base32 of a SHA-256).
@@ -66,16 +77,26 @@ pub fn conntrack_rules() -> String {
     .to_string()
 }
 
-/// kube-proxy iptables mode, nat table, `services` ClusterIP services with 2 endpoints each.
+/// kube-proxy iptables mode, nat table, `services` ClusterIP services with 2 endpoints each,
+/// both `endpoint`:[`TARGET_PORT`].
 pub fn kube_proxy_iptables(services: usize, endpoint: Ipv4Addr) -> String {
+    let ep = SocketAddrV4::new(endpoint, TARGET_PORT);
+    kube_proxy_iptables_to(services, &[ep, ep])
+}
+
+/// kube-proxy iptables mode, nat table, `services` ClusterIP services with one endpoint
+/// per entry of `endpoints` (at least one): the KUBE-SVC chain picks endpoint `k` of `n`
+/// with probability 1/(n-k), as kube-proxy writes it.
+pub fn kube_proxy_iptables_to(services: usize, endpoints: &[SocketAddrV4]) -> String {
     let mut chains = String::new();
     let mut rules = String::new();
-    let ep = format!("{endpoint}:{TARGET_PORT}");
     for i in 0..services {
         let name = format!("default/svc{i}:http");
         let svc = format!("KUBE-SVC-{}", chain_hash(&format!("{name}:tcp")));
-        let seps: Vec<String> = (0..2)
-            .map(|e| format!("KUBE-SEP-{}", chain_hash(&format!("{name}:tcp:{e}:{ep}"))))
+        let seps: Vec<String> = endpoints
+            .iter()
+            .enumerate()
+            .map(|(e, ep)| format!("KUBE-SEP-{}", chain_hash(&format!("{name}:tcp:{e}:{ep}"))))
             .collect();
         let ip = cluster_ip(i);
         let _ = writeln!(chains, ":{svc} - [0:0]");
@@ -92,21 +113,27 @@ pub fn kube_proxy_iptables(services: usize, endpoint: Ipv4Addr) -> String {
             "-A {svc} ! -s {CLUSTER_CIDR} -d {ip}/32 -p tcp -m comment --comment \"{name} cluster \
              IP\" -m tcp --dport {SERVICE_PORT} -j KUBE-MARK-MASQ"
         );
-        let _ = writeln!(
-            rules,
-            "-A {svc} -m comment --comment \"{name} -> {ep}\" -m statistic --mode random \
-             --probability 0.50000000000 -j {}",
-            seps[0]
-        );
-        let _ = writeln!(
-            rules,
-            "-A {svc} -m comment --comment \"{name} -> {ep}\" -j {}",
-            seps[1]
-        );
-        for sep in &seps {
+        for (k, (sep, ep)) in seps.iter().zip(endpoints).enumerate() {
+            let left = endpoints.len() - k;
+            let _ = if left > 1 {
+                writeln!(
+                    rules,
+                    "-A {svc} -m comment --comment \"{name} -> {ep}\" -m statistic --mode random \
+                     --probability {:.11} -j {sep}",
+                    1.0 / left as f64
+                )
+            } else {
+                writeln!(
+                    rules,
+                    "-A {svc} -m comment --comment \"{name} -> {ep}\" -j {sep}"
+                )
+            };
+        }
+        for (sep, ep) in seps.iter().zip(endpoints) {
             let _ = writeln!(
                 rules,
-                "-A {sep} -s {endpoint}/32 -m comment --comment \"{name}\" -j KUBE-MARK-MASQ"
+                "-A {sep} -s {}/32 -m comment --comment \"{name}\" -j KUBE-MARK-MASQ",
+                ep.ip()
             );
             let _ = writeln!(
                 rules,
@@ -243,6 +270,19 @@ pub fn load(
     services: usize,
     text: &str,
 ) -> Result<RulesLoad> {
+    load_within(lab, what, loader, services, text, LOAD_TIMEOUT)
+}
+
+/// [`load`] with a bound of its own: the loader is killed after `timeout` (an error saying
+/// so), for rule sets so large that their load time is itself a result.
+pub fn load_within(
+    lab: &Lab,
+    what: &str,
+    loader: Loader,
+    services: usize,
+    text: &str,
+    timeout: Duration,
+) -> Result<RulesLoad> {
     ensure_node_netns_is_not_ours(lab)?;
     let path = lab.run_dir().join(format!("{what}.rules"));
     std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
@@ -252,7 +292,7 @@ pub fn load(
         Loader::IptablesNft | Loader::IptablesLegacy => vec![loader.program(), &file],
     };
     let started = Instant::now();
-    let out = lab.exec_node(&args, LOAD_TIMEOUT)?;
+    let out = lab.exec_node(&args, timeout)?;
     let load_seconds = started.elapsed().as_secs_f64();
     ensure!(
         out.success(),
@@ -280,6 +320,18 @@ mod tests {
         assert_eq!(cluster_ip(0), Ipv4Addr::new(10, 96, 0, 1));
         assert_eq!(cluster_ip(255), Ipv4Addr::new(10, 96, 1, 0));
         assert_eq!(cluster_ip(9_999), Ipv4Addr::new(10, 96, 39, 16));
+        assert_eq!(cluster_ip(64_999), Ipv4Addr::new(10, 96, 253, 232));
+        // Past one /16: the second one, from its first host address.
+        assert_eq!(cluster_ip(65_000), Ipv4Addr::new(10, 97, 0, 1));
+        assert_eq!(cluster_ip(99_999), Ipv4Addr::new(10, 97, 136, 184));
+        assert_eq!(
+            cluster_ip(MAX_SERVICES - 1),
+            Ipv4Addr::new(10, 97, 253, 232)
+        );
+        let mut all: Vec<Ipv4Addr> = (0..MAX_SERVICES).map(cluster_ip).collect();
+        all.sort_unstable();
+        all.dedup();
+        assert_eq!(all.len(), MAX_SERVICES);
     }
 
     #[test]
@@ -307,6 +359,37 @@ mod tests {
         unique.dedup();
         assert_eq!(decls.len(), unique.len());
         assert_eq!(decls.len(), 8 + 3 * 3);
+    }
+
+    #[test]
+    fn iptables_endpoints_are_picked_as_kube_proxy_does() {
+        let eps: Vec<SocketAddrV4> = (0..3)
+            .map(|p| SocketAddrV4::new(Ipv4Addr::new(10, 200, 0, 3), 8080 + p))
+            .collect();
+        let text = kube_proxy_iptables_to(2, &eps);
+        // Endpoint k of n with probability 1/(n-k); the last one takes the rest.
+        assert_eq!(text.matches("--probability 0.33333333333 -j").count(), 2);
+        assert_eq!(text.matches("--probability 0.50000000000 -j").count(), 2);
+        assert_eq!(text.matches("--mode random").count(), 4);
+        for ep in &eps {
+            let dnat = format!("-j DNAT --to-destination {ep}\n");
+            assert_eq!(text.matches(&dnat).count(), 2, "{ep}");
+        }
+        let svc1 = text
+            .lines()
+            .filter(|l| l.contains("\"default/svc1:http -> "))
+            .collect::<Vec<_>>();
+        assert_eq!(svc1.len(), 3);
+        assert!(svc1[2].ends_with(&format!(
+            "-> 10.200.0.3:8082\" -j KUBE-SEP-{}",
+            chain_hash("default/svc1:http:tcp:2:10.200.0.3:8082")
+        )));
+        // Two endpoints on one address, as `kube_proxy_iptables` writes them.
+        let same = SocketAddrV4::new(Ipv4Addr::new(10, 200, 0, 12), TARGET_PORT);
+        assert_eq!(
+            kube_proxy_iptables_to(3, &[same, same]),
+            kube_proxy_iptables(3, Ipv4Addr::new(10, 200, 0, 12))
+        );
     }
 
     #[test]

@@ -633,6 +633,364 @@ pub fn print_report(report: &Report) {
     );
 }
 
+// ---------------------------------------------------------------------------
+// Services mode: N Services (one port each) with an EndpointSlice of two
+// backends each; full sync to the engine's ack, then EndpointSlice edits.
+// ---------------------------------------------------------------------------
+
+/// Most services a trial may have (cluster IPs in 10.96.0.0/12, backends in 10.210.0.0/16).
+pub const MAX_SERVICES: usize = 30_000;
+/// Services per manifest file, so an edit rewrites a small file.
+const SERVICES_PER_FILE: usize = 100;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ServicesSyncConfig {
+    /// Service counts, each run once per round (the smallest is the baseline).
+    pub sizes: Vec<usize>,
+    pub trials: u32,
+    /// EndpointSlice edits per trial after the full sync.
+    pub edits: usize,
+    pub poll_ms: u64,
+}
+
+impl Default for ServicesSyncConfig {
+    fn default() -> ServicesSyncConfig {
+        ServicesSyncConfig {
+            sizes: vec![100, 10_000],
+            trials: 3,
+            edits: 20,
+            poll_ms: 5,
+        }
+    }
+}
+
+impl ServicesSyncConfig {
+    pub fn validate(&self) -> Result<()> {
+        ensure!(!self.sizes.is_empty(), "no sizes given");
+        for &n in &self.sizes {
+            ensure!(
+                (1..=MAX_SERVICES).contains(&n),
+                "a size is 1 to {MAX_SERVICES} services, not {n}"
+            );
+        }
+        ensure!(self.trials >= 1, "at least one trial");
+        ensure!(self.edits <= 1000, "at most 1000 edits per trial");
+        ensure!(
+            (1..=1000).contains(&self.poll_ms),
+            "poll every 1 to 1000 ms"
+        );
+        Ok(())
+    }
+}
+
+/// One trial of one size in services mode.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServicesTrial {
+    pub services: usize,
+    pub round: u32,
+    pub lab: String,
+    /// Spawn -> first status whose desired state has all N service ports.
+    pub computed_ms: f64,
+    /// Spawn -> in sync (engine acked) with all N service ports: the full sync.
+    pub full_sync_ms: f64,
+    pub generation_at_sync: u64,
+    pub agent_rss_kib: u64,
+    pub agent_cpu_seconds_at_sync: f64,
+    /// One per edit: rename of the edited file -> acked and in sync.
+    pub edit_ack_ms: Vec<f64>,
+    /// Agent CPU over all edits, seconds (divide by the edits for the agent's
+    /// own cost of one update, without the manifest source's settle delay).
+    pub agent_cpu_seconds_edits: f64,
+    pub loadavg: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ServicesSummary {
+    pub services: usize,
+    pub trials: usize,
+    pub failed: usize,
+    pub full_sync_ms_median: f64,
+    pub edit_ack_ms_median: f64,
+    pub edit_ack_ms_p95: f64,
+    /// Agent CPU per edit, ms (median over trials).
+    pub agent_cpu_ms_per_edit_median: f64,
+    pub agent_rss_mib_median: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ServicesReport {
+    pub benchmark: &'static str,
+    pub command: String,
+    pub unix_time: u64,
+    pub config: ServicesSyncConfig,
+    pub machine: Machine,
+    pub agent_binary: String,
+    pub method: &'static str,
+    pub trials: Vec<ServicesTrial>,
+    pub failed: Vec<FailedTrial>,
+    pub summary: Vec<ServicesSummary>,
+}
+
+const SERVICES_METHOD: &str = "fresh lab node netns per trial, engine alone (--api-socket, \
+     empty); a fresh sluice-agent on a manifest dir of N ClusterIP Services (one TCP port each) \
+     and N EndpointSlices of two ready backends each, 100 services per file; full sync = agent \
+     spawn -> first Status in_sync with services >= N; edit = rename of a rewritten file in which \
+     one EndpointSlice's second backend address changed -> first Status with acked_generation \
+     above the previous one and in_sync (includes the manifest source's 100 ms settle delay; the \
+     agent CPU per edit is the agent's own cost)";
+
+fn service_cluster_ip(i: usize) -> Ipv4Addr {
+    let n = u32::try_from(i + 1).unwrap_or(u32::MAX);
+    Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 96, 0, 0)) + n)
+}
+
+/// Backend `b` (0 or 1) of service `i`, moved by `shift` (the edits).
+fn service_backend(i: usize, b: usize, shift: usize) -> Ipv4Addr {
+    let n = u32::try_from(2 * i + b + 1 + shift * 2 * MAX_SERVICES).unwrap_or(u32::MAX);
+    Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 210, 0, 0)) + n % 65_000)
+}
+
+/// File `f` of a services trial: services `f*100 ..` with their EndpointSlices;
+/// `shifts[i]` moves service i's second backend.
+pub fn services_file(f: usize, services: usize, shifts: &[usize]) -> String {
+    let mut text = String::new();
+    let first = f * SERVICES_PER_FILE;
+    let last = services.min(first + SERVICES_PER_FILE);
+    for (i, shift) in shifts.iter().enumerate().take(last).skip(first) {
+        let _ = write!(
+            text,
+            "---\napiVersion: v1\nkind: Service\nmetadata: {{name: svc{i}, namespace: bench}}\n\
+             spec:\n  clusterIP: {ip}\n  selector: {{app: svc{i}}}\n  \
+             ports: [{{name: http, port: 80, targetPort: 8080}}]\n\
+             ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+             metadata: {{name: svc{i}-1, namespace: bench, labels: {{kubernetes.io/service-name: svc{i}}}}}\n\
+             addressType: IPv4\nports: [{{name: http, port: 8080, protocol: TCP}}]\n\
+             endpoints:\n- addresses: [{a}]\n  nodeName: elsewhere\n- addresses: [{b}]\n  nodeName: elsewhere\n",
+            ip = service_cluster_ip(i),
+            a = service_backend(i, 0, 0),
+            b = service_backend(i, 1, *shift),
+        );
+    }
+    text
+}
+
+fn run_services_trial(
+    config: &ServicesSyncConfig,
+    services: usize,
+    round: u32,
+) -> Result<ServicesTrial> {
+    let lab = Lab::new(LabSpec::engine(1).with_static_pods())?;
+    lab.start_engine(&EngineOptions {
+        state_file: false,
+        api_socket: true,
+        ..EngineOptions::default()
+    })?;
+    let dir = lab.run_dir().join("sync-manifests");
+    let state = lab.run_dir().join("sync-agent-state");
+    let socket = lab.run_dir().join("sync-agent.sock");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let files = services.div_ceil(SERVICES_PER_FILE);
+    let mut shifts = vec![0usize; services];
+    for f in 0..files {
+        write_atomically(
+            &dir,
+            &format!("svc{f}.yaml"),
+            &services_file(f, services, &shifts),
+        )?;
+    }
+    let poll = Duration::from_millis(config.poll_ms);
+    let ticks = ticks_per_second();
+
+    let (pid, started) = spawn_agent(&lab, &dir, &state, &socket)?;
+    let mut computed_ms = None;
+    let (full_sync_ms, status) = loop {
+        if let Some(status) = ask_status(&socket)? {
+            let now = ms(started);
+            if status.services >= services {
+                computed_ms.get_or_insert(now);
+            }
+            if status.in_sync() && status.services >= services {
+                break (now, status);
+            }
+        }
+        if started.elapsed() > SYNC_TIMEOUT {
+            bail!(
+                "no full sync of {services} services within {SYNC_TIMEOUT:?}: {:?}\n{}",
+                ask_status(&socket).ok().flatten(),
+                lab.log_tail(AGENT_LOG, 20)
+            );
+        }
+        agent_alive(&lab)?;
+        std::thread::sleep(poll);
+    };
+    let (agent_rss_kib, _) = rss_kib(pid)?;
+    let cpu_at_sync = process_ticks(pid).unwrap_or(0);
+
+    let mut edit_ack_ms = Vec::with_capacity(config.edits);
+    let mut acked = status.acked_generation;
+    for k in 0..config.edits {
+        let i = (k * 7919 + 13) % services;
+        shifts[i] += 1;
+        let f = i / SERVICES_PER_FILE;
+        let text = services_file(f, services, &shifts);
+        let edited = Instant::now();
+        write_atomically(&dir, &format!("svc{f}.yaml"), &text)?;
+        loop {
+            if let Some(s) = ask_status(&socket)? {
+                if s.in_sync() && s.acked_generation > acked {
+                    edit_ack_ms.push(ms(edited));
+                    acked = s.acked_generation;
+                    break;
+                }
+            }
+            if edited.elapsed() > EDIT_TIMEOUT {
+                bail!(
+                    "edit {k} (svc{i}) not acked within {EDIT_TIMEOUT:?}\n{}",
+                    lab.log_tail(AGENT_LOG, 20)
+                );
+            }
+            agent_alive(&lab)?;
+            std::thread::sleep(poll);
+        }
+    }
+    let cpu_after_edits = process_ticks(pid).unwrap_or(0);
+    lab.stop_agent()?;
+    let trial = ServicesTrial {
+        services,
+        round,
+        lab: lab.prefix().to_string(),
+        computed_ms: computed_ms.unwrap_or(f64::NAN),
+        full_sync_ms,
+        generation_at_sync: status.acked_generation,
+        agent_rss_kib,
+        agent_cpu_seconds_at_sync: cpu_at_sync as f64 / ticks,
+        edit_ack_ms,
+        agent_cpu_seconds_edits: cpu_after_edits.saturating_sub(cpu_at_sync) as f64 / ticks,
+        loadavg: loadavg(),
+    };
+    lab.teardown()?;
+    Ok(trial)
+}
+
+pub fn summarize_services(
+    sizes: &[usize],
+    trials: &[ServicesTrial],
+    failed: &[FailedTrial],
+) -> Vec<ServicesSummary> {
+    sizes
+        .iter()
+        .map(|&services| {
+            let mine: Vec<&ServicesTrial> =
+                trials.iter().filter(|t| t.services == services).collect();
+            let syncs: Vec<f64> = mine.iter().map(|t| t.full_sync_ms).collect();
+            let edits: Vec<f64> = mine
+                .iter()
+                .flat_map(|t| t.edit_ack_ms.iter().copied())
+                .collect();
+            let cpu: Vec<f64> = mine
+                .iter()
+                .filter(|t| !t.edit_ack_ms.is_empty())
+                .map(|t| t.agent_cpu_seconds_edits * 1e3 / t.edit_ack_ms.len() as f64)
+                .collect();
+            let rss: Vec<f64> = mine
+                .iter()
+                .map(|t| t.agent_rss_kib as f64 / 1024.0)
+                .collect();
+            ServicesSummary {
+                services,
+                trials: mine.len(),
+                failed: failed.iter().filter(|f| f.pods == services).count(),
+                full_sync_ms_median: median(&syncs),
+                edit_ack_ms_median: median(&edits),
+                edit_ack_ms_p95: percentile(&edits, 95.0),
+                agent_cpu_ms_per_edit_median: median(&cpu),
+                agent_rss_mib_median: median(&rss),
+            }
+        })
+        .collect()
+}
+
+/// `sluice-lab bench sync --services`: N services to the engine's ack, then edits.
+pub fn run_services(config: &ServicesSyncConfig, command: String) -> Result<ServicesReport> {
+    config.validate()?;
+    let agent_binary = find_binary(AGENT)?.display().to_string();
+    crate::find_engine()?;
+    let mut machine = Machine::probe();
+    println!(
+        "bench sync (services): sizes {:?}, {} round(s), {} EndpointSlice edit(s) per trial",
+        config.sizes, config.trials, config.edits
+    );
+    let mut trials = Vec::new();
+    let mut failed = Vec::new();
+    for round in 1..=config.trials {
+        for &services in &config.sizes {
+            print!("  round {round} N={services:<6} ");
+            let _ = std::io::Write::flush(&mut std::io::stdout());
+            match run_services_trial(config, services, round) {
+                Ok(t) => {
+                    println!(
+                        "full sync {:.0} ms (computed {:.0} ms), edit->ack median {:.0} ms, \
+                         agent CPU {:.1} ms per edit, RSS {:.1} MiB",
+                        t.full_sync_ms,
+                        t.computed_ms,
+                        median(&t.edit_ack_ms),
+                        t.agent_cpu_seconds_edits * 1e3 / t.edit_ack_ms.len().max(1) as f64,
+                        t.agent_rss_kib as f64 / 1024.0
+                    );
+                    trials.push(t);
+                }
+                Err(err) => {
+                    println!("FAILED: {err:#}");
+                    failed.push(FailedTrial {
+                        pods: services,
+                        round,
+                        error: format!("{err:#}"),
+                    });
+                }
+            }
+        }
+    }
+    machine.loadavg_end = Some(loadavg());
+    let summary = summarize_services(&config.sizes, &trials, &failed);
+    Ok(ServicesReport {
+        benchmark: "sync-services",
+        command,
+        unix_time: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        config: config.clone(),
+        machine,
+        agent_binary,
+        method: SERVICES_METHOD,
+        trials,
+        failed,
+        summary,
+    })
+}
+
+/// The services table for docs/benchmarks.md.
+pub fn services_markdown_table(summary: &[ServicesSummary]) -> String {
+    let mut out = String::from(
+        "| services (2 backends each) | full sync ms, median | edit->ack ms, median | \
+         edit->ack ms, p95 | agent CPU ms per edit | agent RSS MiB | trials |\n\
+         | --- | --- | --- | --- | --- | --- | --- |\n",
+    );
+    for s in summary {
+        let _ = writeln!(
+            out,
+            "| {} | {:.0} | {:.0} | {:.0} | {:.1} | {:.1} | {} |",
+            s.services,
+            s.full_sync_ms_median,
+            s.edit_ack_ms_median,
+            s.edit_ack_ms_p95,
+            s.agent_cpu_ms_per_edit_median,
+            s.agent_rss_mib_median,
+            s.trials
+        );
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -658,6 +1016,46 @@ mod tests {
         assert!(text.contains("podIPs: [{ip: 10.210.0.14}]"));
         assert_eq!(pod_ip(999), Ipv4Addr::new(10, 210, 3, 232));
         assert_eq!(pod_ip(0), Ipv4Addr::new(10, 210, 0, 1));
+    }
+
+    #[test]
+    fn services_files_hold_100_services_with_two_backends_each() {
+        let mut shifts = vec![0; 250];
+        let text = services_file(2, 250, &shifts);
+        assert_eq!(text.matches("kind: Service\n").count(), 50);
+        assert_eq!(text.matches("kind: EndpointSlice").count(), 50);
+        assert!(text.contains("clusterIP: 10.96.0.201\n"), "{text}");
+        let before = services_file(0, 250, &shifts);
+        shifts[7] = 1;
+        let after = services_file(0, 250, &shifts);
+        assert_ne!(before, after);
+        assert_eq!(
+            services_file(1, 250, &shifts),
+            services_file(1, 250, &vec![0; 250])
+        );
+        assert!(ServicesSyncConfig::default().validate().is_ok());
+    }
+
+    /// The services benchmark, until `sluice-lab bench sync` has a flag for it:
+    /// `SLUICE_SYNC_SERVICES=100,10000 cargo test --release -p sluice-lab --lib -- \
+    /// --ignored services_sync_bench --nocapture` as root with release binaries.
+    #[test]
+    #[ignore = "needs root, the release binaries and minutes"]
+    fn services_sync_bench() {
+        let mut config = ServicesSyncConfig::default();
+        if let Ok(sizes) = std::env::var("SLUICE_SYNC_SERVICES") {
+            config.sizes = sizes
+                .split(',')
+                .map(|s| s.trim().parse().unwrap())
+                .collect();
+        }
+        if let Ok(trials) = std::env::var("SLUICE_SYNC_TRIALS") {
+            config.trials = trials.parse().unwrap();
+        }
+        let report = run_services(&config, "services_sync_bench".into()).unwrap();
+        println!("\n{}", services_markdown_table(&report.summary));
+        println!("{}", serde_json::to_string_pretty(&report).unwrap());
+        assert!(report.failed.is_empty(), "{:#?}", report.failed);
     }
 
     #[test]

@@ -12,6 +12,7 @@ use tokio::sync::watch;
 use crate::attachments::Attachments;
 use crate::desired::{self, Desired, NodeConfig};
 use crate::identity::IdentityAllocator;
+use crate::lb_ids::LbIds;
 use crate::store::StoreHandle;
 
 /// One computed desired state and its generation number.
@@ -38,6 +39,7 @@ pub struct AgentCore {
     pub store: StoreHandle,
     attachments: Mutex<Attachments>,
     identities: Mutex<IdentityAllocator>,
+    lb_ids: Mutex<LbIds>,
     desired: watch::Sender<Generation>,
     engine: watch::Sender<EngineView>,
 }
@@ -53,14 +55,22 @@ impl AgentCore {
         store: StoreHandle,
         attachments: Attachments,
         identities: IdentityAllocator,
+        lb_ids: LbIds,
     ) -> Arc<AgentCore> {
-        let first = desired::compute(&store.snapshot(), &attachments, &config, &identities);
+        let first = desired::compute(
+            &store.snapshot(),
+            &attachments,
+            &config,
+            &identities,
+            &lb_ids,
+        );
         Arc::new(AgentCore {
             config,
             source,
             store,
             attachments: Mutex::new(attachments),
             identities: Mutex::new(identities),
+            lb_ids: Mutex::new(lb_ids),
             desired: watch::Sender::new(Generation {
                 number: 0,
                 desired: Arc::new(first),
@@ -80,11 +90,12 @@ impl AgentCore {
         let next = {
             let attachments = lock(&self.attachments);
             let mut ids = lock(&self.identities);
-            match desired::resolve(&store, &attachments, &self.config, &mut ids) {
+            let mut lb_ids = lock(&self.lb_ids);
+            match desired::resolve(&store, &attachments, &self.config, &mut ids, &mut lb_ids) {
                 Ok(d) => d,
                 Err(e) => {
                     tracing::error!("{e}");
-                    desired::compute(&store, &attachments, &self.config, &ids)
+                    desired::compute(&store, &attachments, &self.config, &ids, &lb_ids)
                 }
             }
         };

@@ -3,8 +3,10 @@
 //! node state and the identities behind it. Golden-tested (tests/golden.rs):
 //! manifests in, [`Desired::dump`] out.
 //!
-//! Identity numbers come from the [`IdentityAllocator`]; [`resolve`] first
-//! allocates what is missing (the only effect), then [`compute`] is pure.
+//! Identity numbers come from the [`IdentityAllocator`], service and backend
+//! numbers from [`LbIds`]; [`resolve`] first allocates what is missing (the
+//! only effect), then [`compute`] is pure. Services are compiled by
+//! [`crate::services`].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -12,13 +14,17 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use sluice_api::agent::{EndpointInfo, IdentityInfo};
-use sluice_tables::{Cidr, Endpoint, Gateway, IpCacheEntry, MacAddr, NodeState, Uplink};
+use sluice_tables::{
+    Cidr, Endpoint, Gateway, IpCacheEntry, LbConfig, MacAddr, NodeState, Service, Uplink,
+};
 
 use crate::attachments::{AttachmentRecord, Attachments, PodCidrs};
 use crate::identity::{self, IdentitiesExhausted, IdentityAllocator};
 use crate::ipam::{gateway_ipv4, GATEWAY_IPV6};
 use crate::labels::{pod_identity_labels, LabelSet};
+use crate::lb_ids::{LbIds, LbIdsExhausted};
 use crate::objects::{Kind, Object};
+use crate::services::{self, Compiled, NodeView, ServiceConfig};
 use crate::store::Store;
 
 /// This node's settings that do not come from the cluster.
@@ -37,6 +43,11 @@ pub struct NodeConfig {
     pub pod_cidrs: Vec<Cidr>,
     /// The node's uplink as the engine should use it, if any.
     pub uplink: Option<Uplink>,
+    /// Service compilation settings (default algorithm, node port range).
+    pub services: ServiceConfig,
+    /// Load-balancing and masquerade settings as configured; the masquerade's
+    /// addresses and the pod CIDRs are added per generation.
+    pub lb: LbConfig,
 }
 
 /// Everything computed for one generation.
@@ -145,15 +156,38 @@ pub fn needed_label_sets(
     sets
 }
 
-/// Allocates identities for new label sets, releases unused ones once the
-/// store is synced (saving the allocator when it changed), then computes the
-/// desired state.
+/// Why a generation could not be numbered.
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    #[error(transparent)]
+    Identities(#[from] IdentitiesExhausted),
+    #[error(transparent)]
+    LbIds(#[from] LbIdsExhausted),
+}
+
+/// The services of the store as this node serves them, unnumbered.
+pub fn compile_services(store: &Store, config: &NodeConfig) -> Compiled {
+    let addrs = config.uplink.as_ref().map_or(&[][..], |u| &u.addrs[..]);
+    services::compile(
+        store,
+        NodeView {
+            node_name: &config.node_name,
+            addrs,
+            config: &config.services,
+        },
+    )
+}
+
+/// Allocates identities for new label sets and numbers for new service ports
+/// and backends, releases unused ones once the store is synced (saving what
+/// changed), then computes the desired state.
 pub fn resolve(
     store: &Store,
     attachments: &Attachments,
     config: &NodeConfig,
     ids: &mut IdentityAllocator,
-) -> Result<Desired, IdentitiesExhausted> {
+    lb_ids: &mut LbIds,
+) -> Result<Desired, ResolveError> {
     let needed = needed_label_sets(store, attachments, config);
     // New label sets first: a relabelled pod gets a new number, rather than
     // its old number re-pointed at other labels within one generation.
@@ -172,16 +206,71 @@ pub fn resolve(
             tracing::error!("saving identities: {e:#}");
         }
     }
-    Ok(compute(store, attachments, config, ids))
+    let compiled = compile_services(store, config);
+    let mut lb_changed = lb_ids.assign(&compiled.drafts)?;
+    // Same rule as identities: a restarted agent's store fills up gradually.
+    if store.all_synced() {
+        lb_changed |= lb_ids.retain_used(&compiled.drafts);
+    }
+    if lb_changed {
+        if let Err(e) = lb_ids.save() {
+            tracing::error!("saving service ids: {e:#}");
+        }
+    }
+    Ok(compute_with(
+        store,
+        attachments,
+        config,
+        ids,
+        lb_ids,
+        compiled,
+    ))
 }
 
 /// The desired state; every label set must already have a number in `ids`
-/// (those without one get `reserved:init`).
+/// (those without one get `reserved:init`), every service port and backend
+/// one in `lb_ids` (those without one are left out and reported).
 pub fn compute(
     store: &Store,
     attachments: &Attachments,
     config: &NodeConfig,
     ids: &IdentityAllocator,
+    lb_ids: &LbIds,
+) -> Desired {
+    let compiled = compile_services(store, config);
+    compute_with(store, attachments, config, ids, lb_ids, compiled)
+}
+
+/// The node's LB settings for this generation: the configured ones, with the
+/// uplink's addresses (one per family) as masquerade sources and the pod
+/// CIDRs always excluded from masquerading.
+fn lb_config(config: &NodeConfig, cidrs: &PodCidrs) -> LbConfig {
+    let mut lb = config.lb.clone();
+    if let Some(m) = lb.masquerade.as_mut() {
+        let addrs = config.uplink.as_ref().map_or(&[][..], |u| &u.addrs[..]);
+        m.addrs = addrs
+            .iter()
+            .find(|a| a.is_ipv4())
+            .into_iter()
+            .chain(addrs.iter().find(|a| a.is_ipv6()))
+            .copied()
+            .collect();
+        for cidr in cidrs.list() {
+            if !m.non_masquerade_cidrs.contains(&cidr) {
+                m.non_masquerade_cidrs.push(cidr);
+            }
+        }
+    }
+    lb
+}
+
+fn compute_with(
+    store: &Store,
+    attachments: &Attachments,
+    config: &NodeConfig,
+    ids: &IdentityAllocator,
+    lb_ids: &LbIds,
+    compiled: Compiled,
 ) -> Desired {
     let cidrs = pod_cidrs(store, config);
     let mut errors = Vec::new();
@@ -325,6 +414,9 @@ pub fn compute(
     if let Some(u) = uplink.as_mut() {
         u.pod_cidrs = cidrs.list();
     }
+    errors.extend(compiled.errors);
+    let services: Vec<Service> = lb_ids.number(compiled.drafts, &mut errors);
+    let lb = lb_config(config, &cidrs);
     Desired {
         state: NodeState {
             gateway,
@@ -335,8 +427,8 @@ pub fn compute(
                 .into_iter()
                 .map(|(ip, (identity, _))| IpCacheEntry { ip, identity })
                 .collect(),
-            services: Vec::new(),
-            lb: Default::default(),
+            services,
+            lb,
         },
         pod_cidrs: cidrs,
         endpoints: infos,
@@ -403,9 +495,89 @@ impl Desired {
         for entry in &s.ipcache {
             let _ = writeln!(out, "ipcache {} {}", entry.ip, entry.identity);
         }
+        if !s.services.is_empty() || s.lb != LbConfig::default() {
+            dump_lb(&mut out, &s.lb);
+        }
+        for service in &s.services {
+            dump_service(&mut out, service);
+        }
         for e in &self.errors {
             let _ = writeln!(out, "error {e}");
         }
         out
+    }
+}
+
+fn dump_lb(out: &mut String, lb: &LbConfig) {
+    let _ = write!(
+        out,
+        "lb maglev-table={} seed={:#x} no-backend={:?}",
+        lb.maglev_table_size, lb.maglev_seed, lb.no_backend
+    );
+    match &lb.masquerade {
+        None => {
+            let _ = writeln!(out, " masquerade=off");
+        }
+        Some(m) => {
+            let addrs: Vec<String> = m.addrs.iter().map(|a| a.to_string()).collect();
+            let except: Vec<String> = m
+                .non_masquerade_cidrs
+                .iter()
+                .map(|c| c.to_string())
+                .collect();
+            let _ = writeln!(
+                out,
+                " masquerade={} ports={}-{} except={}",
+                addrs.join(","),
+                m.port_min,
+                m.port_max,
+                except.join(",")
+            );
+        }
+    }
+}
+
+fn dump_service(out: &mut String, s: &Service) {
+    let port = if s.port_name.is_empty() {
+        "-"
+    } else {
+        s.port_name.as_str()
+    };
+    let _ = write!(
+        out,
+        "service {} {} port={} {:?} {:?}",
+        s.id, s.name, port, s.protocol, s.algorithm
+    );
+    if let Some(t) = s.affinity_timeout_s {
+        let _ = write!(out, " affinity={t}s");
+    }
+    if s.external_traffic_local {
+        let _ = write!(out, " etp=Local");
+    }
+    if s.internal_traffic_local {
+        let _ = write!(out, " itp=Local");
+    }
+    if !s.source_ranges.is_empty() {
+        let r: Vec<String> = s.source_ranges.iter().map(|c| c.to_string()).collect();
+        let _ = write!(out, " source-ranges={}", r.join(","));
+    }
+    let _ = writeln!(out);
+    for f in &s.frontends {
+        let _ = writeln!(
+            out,
+            "  frontend {} {}",
+            services::kind_name(f.kind),
+            std::net::SocketAddr::new(f.addr, f.port)
+        );
+    }
+    for b in &s.backends {
+        let _ = writeln!(
+            out,
+            "  backend {} {} {:?}{}",
+            b.id,
+            std::net::SocketAddr::new(b.addr, b.port),
+            b.state,
+            if b.local { " local" } else { "" }
+        );
     }
 }

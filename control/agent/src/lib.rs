@@ -3,7 +3,7 @@
 //! API, and serves the CNI plugin and the CLI on its own socket.
 //!
 //! Layers, one way: `source` -> `store` -> `desired` (pure, with `labels`,
-//! `identity`, `ipam`, `attachments`) -> `core` -> `engine_client` / `server`.
+//! `identity`, `ipam`, `attachments`, `services`, `lb_ids`) -> `core` -> `engine_client` / `server`.
 
 pub mod attachments;
 pub mod core;
@@ -12,9 +12,11 @@ pub mod engine_client;
 pub mod identity;
 pub mod ipam;
 pub mod labels;
+pub mod lb_ids;
 pub mod objects;
 pub mod persist;
 pub mod run;
 pub mod server;
+pub mod services;
 pub mod source;
 pub mod store;

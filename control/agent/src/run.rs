@@ -1,17 +1,23 @@
 //! Starting the agent: configuration, state directory, source, engine
 //! client and socket server, until SIGINT/SIGTERM.
 
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
-use clap::Parser;
-use sluice_tables::{Cidr, MacAddr, Uplink};
+use base64::Engine as _;
+use clap::{Parser, ValueEnum};
+use sluice_tables::{
+    Cidr, LbAlgorithm, LbConfig, MacAddr, Masquerade, NoBackendResponse, Uplink, MAGLEV_TABLE_SIZES,
+};
 
 use crate::attachments::Attachments;
 use crate::core::AgentCore;
 use crate::desired::NodeConfig;
 use crate::identity::IdentityAllocator;
+use crate::lb_ids::LbIds;
+use crate::services::ServiceConfig;
 use crate::source::{kube::KubeSource, manifests::ManifestSource, Source};
 use crate::store::StoreHandle;
 
@@ -60,9 +66,95 @@ pub struct AgentArgs {
     /// The agent's own socket (CNI plugin and CLI).
     #[arg(long, default_value = "/run/sluice/agent.sock")]
     pub socket: PathBuf,
-    /// Where identities and attachments are kept across restarts.
+    /// Where identities, attachments and service ids are kept across restarts.
     #[arg(long, default_value = "/var/lib/sluice")]
     pub state_dir: PathBuf,
+    /// Backend selection of services without the `service.cilium.io/lb-algorithm`
+    /// annotation (Cilium's default is random).
+    #[arg(long, value_enum, default_value_t = AlgorithmArg::Random)]
+    pub lb_algorithm: AlgorithmArg,
+    /// Maglev lookup table size: one of Cilium's primes 251 ... 131071.
+    #[arg(long, default_value_t = sluice_tables::DEFAULT_MAGLEV_TABLE_SIZE, value_parser = parse_maglev_size)]
+    pub maglev_table_size: u32,
+    /// Maglev hash seed as Cilium gives it (base64 of 12 bytes); the same on
+    /// every node, so every node builds the same tables.
+    #[arg(long, default_value = CILIUM_DEFAULT_MAGLEV_SEED, value_parser = parse_maglev_seed)]
+    pub maglev_hash_seed: u64,
+    /// What a new connection to a service without a usable backend gets.
+    #[arg(long, value_enum, default_value_t = NoBackendArg::Reject)]
+    pub service_no_backend_response: NoBackendArg,
+    /// Inclusive range NodePorts must lie in (as the API server's --service-node-port-range).
+    #[arg(long, default_value = "30000-32767", value_parser = parse_port_range)]
+    pub node_port_range: (u16, u16),
+    /// Masquerade pod traffic leaving the cluster through the uplink (default:
+    /// on when --uplink is given).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub enable_masquerade: Option<bool>,
+    /// Source ports of masqueraded flows; above Linux's default ephemeral range
+    /// (32768-60999) so they do not clash with the node's own connections.
+    #[arg(long, default_value = "61000-65535", value_parser = parse_port_range)]
+    pub masquerade_ports: (u16, u16),
+    /// Destinations never masqueraded, besides the pod CIDRs (always included).
+    #[arg(long, value_delimiter = ',', value_parser = parse_cidr)]
+    pub non_masquerade_cidrs: Vec<Cidr>,
+}
+
+/// `--lb-algorithm`
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum AlgorithmArg {
+    Random,
+    Maglev,
+}
+
+/// `--service-no-backend-response`
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum NoBackendArg {
+    Reject,
+    Drop,
+}
+
+/// Cilium's default `--bpf-lb-maglev-hash-seed`.
+pub const CILIUM_DEFAULT_MAGLEV_SEED: &str = "JLfvgnHc2kaSUFaI";
+
+fn parse_maglev_size(text: &str) -> Result<u32, String> {
+    let n: u32 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number"))?;
+    if MAGLEV_TABLE_SIZES.contains(&n) {
+        Ok(n)
+    } else {
+        Err(format!("{n} is not one of {MAGLEV_TABLE_SIZES:?}"))
+    }
+}
+
+/// Cilium's seed is 12 random bytes in base64. Folded into 64 bits: the first
+/// eight bytes little-endian, XOR the last four little-endian shifted into
+/// the upper half, so every byte counts and every node folds alike.
+pub fn parse_maglev_seed(text: &str) -> Result<u64, String> {
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text.trim())
+        .map_err(|e| format!("{text:?} is not base64: {e}"))?;
+    let bytes: [u8; 12] = bytes
+        .try_into()
+        .map_err(|b: Vec<u8>| format!("{text:?} decodes to {} bytes, not 12", b.len()))?;
+    let mut low = [0u8; 8];
+    low.copy_from_slice(&bytes[..8]);
+    let mut high = [0u8; 4];
+    high.copy_from_slice(&bytes[8..]);
+    Ok(u64::from_le_bytes(low) ^ (u64::from(u32::from_le_bytes(high)) << 32))
+}
+
+fn parse_port_range(text: &str) -> Result<(u16, u16), String> {
+    let bad = || format!("{text:?} is not a port range like 30000-32767");
+    let (a, b) = text.split_once('-').ok_or_else(bad)?;
+    let a: u16 = a.trim().parse().map_err(|_| bad())?;
+    let b: u16 = b.trim().parse().map_err(|_| bad())?;
+    if a == 0 || a > b {
+        return Err(format!(
+            "{text:?}: the range must be non-empty and start above 0"
+        ));
+    }
+    Ok((a, b))
 }
 
 fn parse_cidr(text: &str) -> Result<Cidr, String> {
@@ -89,6 +181,34 @@ fn link_of(ifname: &str) -> anyhow::Result<(u32, MacAddr)> {
     Ok((ifindex, MacAddr(mac)))
 }
 
+/// The global addresses of `ifname` (link-local ones excluded: they are not
+/// reachable from other links, so no NodePort is served on them).
+fn global_addrs_of(ifname: &str) -> anyhow::Result<Vec<IpAddr>> {
+    let addrs = nix::ifaddrs::getifaddrs().context("list interface addresses")?;
+    let mut out: Vec<IpAddr> = addrs
+        .filter(|a| a.interface_name == ifname)
+        .filter_map(|a| {
+            let s = a.address?;
+            if let Some(v4) = s.as_sockaddr_in() {
+                Some(IpAddr::V4(v4.ip()))
+            } else {
+                s.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip()))
+            }
+        })
+        .filter(|ip| is_global(*ip))
+        .collect();
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+fn is_global(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => !v4.is_link_local() && !v4.is_unspecified() && !v4.is_loopback(),
+        IpAddr::V6(v6) => !v6.is_unicast_link_local() && !v6.is_unspecified() && !v6.is_loopback(),
+    }
+}
+
 fn uplink(args: &AgentArgs) -> anyhow::Result<Option<Uplink>> {
     let Some(ifname) = &args.uplink else {
         return Ok(None);
@@ -103,9 +223,30 @@ fn uplink(args: &AgentArgs) -> anyhow::Result<Option<Uplink>> {
         mac,
         next_hop_mac,
         pod_cidrs: Vec::new(),
-        // Filled with the uplink's addresses by the service work (NodePorts, masquerade).
-        addrs: Vec::new(),
+        addrs: global_addrs_of(ifname)?,
     }))
+}
+
+/// The node-wide LB settings from the flags.
+pub fn lb_config(args: &AgentArgs) -> LbConfig {
+    let masquerade = args
+        .enable_masquerade
+        .unwrap_or(args.uplink.is_some())
+        .then(|| Masquerade {
+            addrs: Vec::new(),
+            port_min: args.masquerade_ports.0,
+            port_max: args.masquerade_ports.1,
+            non_masquerade_cidrs: args.non_masquerade_cidrs.clone(),
+        });
+    LbConfig {
+        maglev_table_size: args.maglev_table_size,
+        maglev_seed: args.maglev_hash_seed,
+        no_backend: match args.service_no_backend_response {
+            NoBackendArg::Reject => NoBackendResponse::Reject,
+            NoBackendArg::Drop => NoBackendResponse::Drop,
+        },
+        masquerade,
+    }
 }
 
 pub fn node_config(args: &AgentArgs) -> anyhow::Result<NodeConfig> {
@@ -121,6 +262,15 @@ pub fn node_config(args: &AgentArgs) -> anyhow::Result<NodeConfig> {
         veth_queues: args.veth_queues,
         pod_cidrs: args.pod_cidrs.clone(),
         uplink: uplink(args)?,
+        services: ServiceConfig {
+            default_algorithm: match args.lb_algorithm {
+                AlgorithmArg::Random => LbAlgorithm::Random,
+                AlgorithmArg::Maglev => LbAlgorithm::Maglev,
+            },
+            node_port_min: args.node_port_range.0,
+            node_port_max: args.node_port_range.1,
+        },
+        lb: lb_config(args),
     })
 }
 
@@ -151,6 +301,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         .with_context(|| format!("create state directory {}", args.state_dir.display()))?;
     let attachments = Attachments::open(args.state_dir.join("attachments.json"))?;
     let identities = IdentityAllocator::open(args.state_dir.join("identities.json"))?;
+    let lb_ids = LbIds::open(args.state_dir.join("lb-ids.json"))?;
     let store = StoreHandle::new();
     let core = AgentCore::new(
         config,
@@ -158,6 +309,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         store.clone(),
         attachments,
         identities,
+        lb_ids,
     );
     let agent_name = format!(
         "sluice-agent {} {}",
@@ -229,4 +381,99 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(&args.socket);
     let _: Arc<AgentCore> = core;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(extra: &[&str]) -> Result<AgentArgs, clap::Error> {
+        let mut argv = vec!["sluice-agent", "--manifests", "/tmp"];
+        argv.extend_from_slice(extra);
+        AgentArgs::try_parse_from(argv)
+    }
+
+    #[test]
+    fn lb_flags_default_to_ciliums_choices() {
+        let a = args(&[]).unwrap();
+        assert_eq!(a.lb_algorithm, AlgorithmArg::Random);
+        assert_eq!(a.node_port_range, (30000, 32767));
+        assert_eq!(a.masquerade_ports, (61000, 65535));
+        let lb = lb_config(&a);
+        assert_eq!(lb.maglev_table_size, 16381);
+        assert_eq!(lb.no_backend, NoBackendResponse::Reject);
+        // No uplink: no masquerade unless asked.
+        assert!(lb.masquerade.is_none());
+        assert_eq!(
+            lb.maglev_seed,
+            parse_maglev_seed(CILIUM_DEFAULT_MAGLEV_SEED).unwrap()
+        );
+        let on = lb_config(&args(&["--enable-masquerade"]).unwrap());
+        assert_eq!(on.masquerade.unwrap().port_min, 61000);
+        let with_uplink = args(&[
+            "--uplink",
+            "eth9",
+            "--uplink-next-hop-mac",
+            "02:00:00:00:00:01",
+        ]);
+        assert!(lb_config(&with_uplink.unwrap()).masquerade.is_some());
+        let off = args(&[
+            "--uplink",
+            "eth9",
+            "--uplink-next-hop-mac",
+            "02:00:00:00:00:01",
+            "--enable-masquerade=false",
+        ]);
+        assert!(lb_config(&off.unwrap()).masquerade.is_none());
+    }
+
+    #[test]
+    fn lb_flags_are_parsed_and_bad_ones_refused_naming_the_value() {
+        let a = args(&[
+            "--lb-algorithm",
+            "maglev",
+            "--maglev-table-size",
+            "251",
+            "--service-no-backend-response",
+            "drop",
+            "--node-port-range",
+            "20000-20100",
+            "--non-masquerade-cidrs",
+            "10.0.0.0/8,fd00::/8",
+        ])
+        .unwrap();
+        assert_eq!(a.lb_algorithm, AlgorithmArg::Maglev);
+        assert_eq!(a.maglev_table_size, 251);
+        assert_eq!(a.node_port_range, (20000, 20100));
+        assert_eq!(a.non_masquerade_cidrs.len(), 2);
+        assert_eq!(lb_config(&a).no_backend, NoBackendResponse::Drop);
+        let err = args(&["--maglev-table-size", "1000"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("1000 is not one of"), "{err}");
+        let err = args(&["--node-port-range", "32767-30000"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("32767-30000"), "{err}");
+        let err = args(&["--maglev-hash-seed", "AAAA"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("3 bytes, not 12"), "{err}");
+    }
+
+    #[test]
+    fn the_seed_fold_uses_every_byte() {
+        // 12 zero bytes, then one byte changed in each half.
+        assert_eq!(parse_maglev_seed("AAAAAAAAAAAAAAAA").unwrap(), 0);
+        assert_eq!(parse_maglev_seed("AQAAAAAAAAAAAAAA").unwrap(), 1);
+        assert_eq!(parse_maglev_seed("AAAAAAAAAAABAAAA").unwrap(), 1 << 32);
+    }
+
+    #[test]
+    fn only_global_addresses_serve_node_ports() {
+        assert!(is_global("192.168.254.1".parse().unwrap()));
+        assert!(is_global("fd00:254::1".parse().unwrap()));
+        assert!(!is_global("fe80::1".parse().unwrap()));
+        assert!(!is_global("169.254.1.1".parse().unwrap()));
+    }
 }

@@ -1,6 +1,6 @@
 //! The agent's unix socket: one request and one response per connection,
 //! for the CNI plugin (allocate, register, release, check, gc, status) and
-//! the CLI (status, endpoint and identity lists).
+//! the CLI (status, endpoint, identity and service lists).
 
 use std::net::IpAddr;
 use std::path::Path;
@@ -255,6 +255,13 @@ async fn answer(core: &Arc<AgentCore>, request: AgentRequest) -> AgentResponse {
         AgentRequest::ListIdentities => AgentResponse::Identities {
             identities: core.current().desired.identities.clone(),
         },
+        AgentRequest::ListServices => {
+            let current = core.current();
+            AgentResponse::Services {
+                services: current.desired.state.services.clone(),
+                lb: current.desired.state.lb.clone(),
+            }
+        }
     }
 }
 
@@ -283,6 +290,7 @@ pub fn status(core: &AgentCore) -> AgentStatus {
             .filter(|i| !i.reserved)
             .count(),
         ipcache_entries: current.desired.state.ipcache.len(),
+        services: current.desired.state.services.len(),
         pod_cidrs: current
             .desired
             .pod_cidrs

@@ -13,6 +13,7 @@ use sluice_agent::attachments::Attachments;
 use sluice_agent::core::AgentCore;
 use sluice_agent::desired::NodeConfig;
 use sluice_agent::identity::IdentityAllocator;
+use sluice_agent::lb_ids::LbIds;
 use sluice_agent::objects::Object;
 use sluice_agent::store::StoreHandle;
 use sluice_api::engine::{AgentToEngine, EngineToAgent, Outcome, ENGINE_PROTOCOL_VERSION};
@@ -27,6 +28,8 @@ fn config() -> NodeConfig {
         veth_queues: 1,
         pod_cidrs: vec![Cidr::parse("10.1.0.0/24").unwrap()],
         uplink: None,
+        services: Default::default(),
+        lb: Default::default(),
     }
 }
 
@@ -93,6 +96,7 @@ fn start(
         store.clone(),
         Attachments::in_memory(),
         IdentityAllocator::in_memory(),
+        LbIds::in_memory(),
     );
     core.recompute();
     let runtime = tokio::runtime::Runtime::new().unwrap();

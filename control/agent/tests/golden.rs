@@ -4,6 +4,9 @@
 //! - manifests/*.yaml: what the manifest source reads;
 //! - attachments.txt (optional): one line per CNI ADD on this node,
 //!   `<container-id> <namespace/pod or -> <host-ifindex> <container-mac>`;
+//! - uplink.txt (optional): the uplink's addresses (NodePorts, hostPorts,
+//!   masquerade), whitespace-separated; with it the node has an uplink and
+//!   masquerades;
 //! - expected.txt: the dump. `UPDATE_GOLDEN=1 cargo test -p sluice-agent --test golden`
 //!   rewrites it; review the diff before committing.
 
@@ -12,11 +15,12 @@ use std::path::Path;
 use sluice_agent::attachments::Attachments;
 use sluice_agent::desired::{pod_cidrs, resolve, NodeConfig};
 use sluice_agent::identity::IdentityAllocator;
+use sluice_agent::lb_ids::LbIds;
 use sluice_agent::objects::Kind;
 use sluice_agent::source::manifests::ManifestLoader;
 use sluice_agent::store::Store;
 use sluice_api::agent::{host_ifname, Attachment, PodRef, RegisteredEndpoint};
-use sluice_tables::{Cidr, MacAddr};
+use sluice_tables::{Cidr, LbConfig, MacAddr, Masquerade, Uplink};
 
 fn config() -> NodeConfig {
     NodeConfig {
@@ -30,7 +34,34 @@ fn config() -> NodeConfig {
             Cidr::parse("fd00:200::/64").unwrap(),
         ],
         uplink: None,
+        services: Default::default(),
+        lb: LbConfig::default(),
     }
+}
+
+/// The case's config: the default, with an uplink when `uplink.txt` names addresses.
+fn case_config(dir: &Path) -> NodeConfig {
+    let mut config = config();
+    if let Ok(text) = std::fs::read_to_string(dir.join("uplink.txt")) {
+        config.uplink = Some(Uplink {
+            ifname: "uplink0".into(),
+            ifindex: 2,
+            mac: MacAddr([2, 0, 0, 0, 0, 0xfe]),
+            next_hop_mac: MacAddr([2, 0, 0, 0, 0, 0xff]),
+            pod_cidrs: Vec::new(),
+            addrs: text
+                .split_whitespace()
+                .map(|a| a.parse().unwrap())
+                .collect(),
+        });
+        config.lb.masquerade = Some(Masquerade {
+            addrs: Vec::new(),
+            port_min: 61000,
+            port_max: 65535,
+            non_masquerade_cidrs: vec![Cidr::parse("10.96.0.0/12").unwrap()],
+        });
+    }
+    config
 }
 
 fn run_case(dir: &Path) -> String {
@@ -39,7 +70,7 @@ fn run_case(dir: &Path) -> String {
     let mut store = Store::default();
     store.replace_all(loaded.objects);
     store.set_errors("manifests", loaded.errors);
-    let config = config();
+    let config = case_config(dir);
 
     let mut attachments = Attachments::in_memory();
     if let Ok(text) = std::fs::read_to_string(dir.join("attachments.txt")) {
@@ -74,7 +105,8 @@ fn run_case(dir: &Path) -> String {
         }
     }
     let mut ids = IdentityAllocator::in_memory();
-    let desired = resolve(&store, &attachments, &config, &mut ids).unwrap();
+    let mut lb_ids = LbIds::in_memory();
+    let desired = resolve(&store, &attachments, &config, &mut ids, &mut lb_ids).unwrap();
     let mut out = String::new();
     for kind in Kind::ALL {
         let n = store.of_kind(kind).count();

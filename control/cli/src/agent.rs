@@ -1,4 +1,4 @@
-//! Commands answered by the agent: status, endpoint list, identity list.
+//! Commands answered by the agent: status, endpoint, identity and service lists.
 
 use std::io::BufReader;
 use std::os::unix::net::UnixStream;
@@ -41,6 +41,15 @@ pub fn endpoints(socket: &Path) -> anyhow::Result<Vec<EndpointInfo>> {
     match ask(socket, AgentRequest::ListEndpoints)? {
         AgentResponse::Endpoints { endpoints } => Ok(endpoints),
         other => bail!("unexpected answer to endpoint list: {other:?}"),
+    }
+}
+
+pub fn services(
+    socket: &Path,
+) -> anyhow::Result<(Vec<sluice_tables::Service>, sluice_tables::LbConfig)> {
+    match ask(socket, AgentRequest::ListServices)? {
+        AgentResponse::Services { services, lb } => Ok((services, lb)),
+        other => bail!("unexpected answer to service list: {other:?}"),
     }
 }
 
@@ -90,8 +99,8 @@ pub fn print_status(s: &AgentStatus, engine: Option<&serde_json::Value>) {
     }
     println!("Pod CIDRs:   {}", s.pod_cidrs.join(" "));
     println!(
-        "Endpoints:   {} · Identities: {} · IPCache: {} entries",
-        s.endpoints, s.identities, s.ipcache_entries
+        "Endpoints:   {} · Identities: {} · IPCache: {} entries · Services: {} ports",
+        s.endpoints, s.identities, s.ipcache_entries, s.services
     );
     if s.source_errors.is_empty() {
         println!("Errors:      none");

@@ -1,15 +1,17 @@
-//! `sluice`: the command line for people. Engine counters come from the
-//! engine's stats socket; status, endpoints and identities from the agent.
+//! `sluice`: the command line for people. Engine counters and the connection
+//! table come from the engine's stats socket; status, endpoints, identities
+//! and services from the agent.
 
 mod agent;
+mod conntrack;
+mod engine;
+mod services;
 
-use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::path::PathBuf;
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use clap::{Parser, Subcommand};
+use engine::ask;
 use serde_json::Value;
 
 #[derive(Parser, Debug)]
@@ -66,6 +68,36 @@ enum Command {
         #[command(subcommand)]
         command: ListCommand,
     },
+    /// Services as the engine balances them: frontends, backends, algorithm,
+    /// affinity, traffic policies.
+    Service {
+        #[command(subcommand)]
+        command: ListCommand,
+    },
+    /// The engine's connection table.
+    Conntrack {
+        #[command(subcommand)]
+        command: ConntrackCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ConntrackCommand {
+    /// Connections matching every filter given.
+    List {
+        #[command(flatten)]
+        filter: conntrack::FilterArgs,
+        /// At most this many entries.
+        #[arg(long, default_value_t = 1000)]
+        limit: u32,
+        #[arg(short, long)]
+        json: bool,
+    },
+    /// Removes the connections matching every filter given (all without filters).
+    Flush {
+        #[command(flatten)]
+        filter: conntrack::FilterArgs,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -74,20 +106,6 @@ enum ListCommand {
         #[arg(short, long)]
         json: bool,
     },
-}
-
-fn ask(socket: &Path, command: &str) -> anyhow::Result<Value> {
-    let mut stream = UnixStream::connect(socket).with_context(|| {
-        format!(
-            "connect to the engine at {} (is sluice-engine running? set --engine-socket)",
-            socket.display()
-        )
-    })?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    stream.write_all(format!("{command}\n").as_bytes())?;
-    let mut body = String::new();
-    stream.read_to_string(&mut body)?;
-    serde_json::from_str(&body).with_context(|| format!("engine answered {body:?}"))
 }
 
 fn print_drops(report: &Value, all: bool) {
@@ -232,6 +250,124 @@ fn main() -> anyhow::Result<()> {
                 agent::print_identities(&list);
             }
         }
+        Command::Service {
+            command: ListCommand::List { json },
+        } => {
+            let (list, lb) = agent::services(&cli.agent_socket)?;
+            if json {
+                let out = serde_json::json!({"services": list, "lb": lb});
+                println!("{}", serde_json::to_string_pretty(&out)?);
+            } else {
+                print!("{}", services::render(&list, &lb));
+            }
+        }
+        Command::Conntrack { command } => {
+            conntrack_command(&cli.engine_socket, &cli.agent_socket, command)?
+        }
     }
     Ok(())
+}
+
+fn conntrack_command(
+    engine_socket: &std::path::Path,
+    agent_socket: &std::path::Path,
+    command: ConntrackCommand,
+) -> anyhow::Result<()> {
+    let (filter, limit, json) = match &command {
+        ConntrackCommand::List {
+            filter,
+            limit,
+            json,
+        } => (filter, Some(*limit), *json),
+        ConntrackCommand::Flush { filter } => (filter, None, false),
+    };
+    let ids = match &filter.service {
+        Some(name) => conntrack::service_ids(&agent::services(agent_socket)?.0, name)?,
+        None => Vec::new(),
+    };
+    let filters = conntrack::filters(filter, &ids, limit);
+    let ask_engine = |line: &str| ask(engine_socket, line);
+    match command {
+        ConntrackCommand::List { .. } => {
+            let answer = conntrack::list(ask_engine, &filters, limit)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&answer)?);
+            } else {
+                print!("{}", conntrack::render(&answer));
+            }
+        }
+        ConntrackCommand::Flush { .. } => {
+            let flushed = conntrack::flush(ask_engine, &filters)?;
+            println!(
+                "flushed {flushed} entr{}",
+                if flushed == 1 { "y" } else { "ies" }
+            );
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("sluice").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn conntrack_filters_parse() {
+        let cli = parse(&[
+            "conntrack",
+            "list",
+            "--src",
+            "10.0.0.1",
+            "--dport",
+            "80",
+            "--protocol",
+            "tcp",
+            "--service",
+            "default/web",
+            "--limit",
+            "5",
+            "-j",
+        ])
+        .unwrap();
+        let Command::Conntrack {
+            command:
+                ConntrackCommand::List {
+                    filter,
+                    limit,
+                    json,
+                },
+        } = cli.command
+        else {
+            panic!("not a conntrack list: {:?}", cli.command);
+        };
+        assert_eq!(filter.src, Some("10.0.0.1".parse().unwrap()));
+        assert_eq!(filter.dport, Some(80));
+        assert_eq!(filter.protocol, Some(conntrack::ProtocolArg::Tcp));
+        assert_eq!(filter.service.as_deref(), Some("default/web"));
+        assert_eq!((limit, json), (5, true));
+        let cli = parse(&["conntrack", "flush", "--dst", "fd00::1", "--sport", "40000"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Conntrack { command: ConntrackCommand::Flush { filter } }
+                if filter.dst == Some("fd00::1".parse().unwrap()) && filter.sport == Some(40000)
+        ));
+        assert!(parse(&["conntrack", "list", "--protocol", "gre"]).is_err());
+        assert!(parse(&["conntrack", "list", "--src", "10.0.0"]).is_err());
+        assert!(parse(&["conntrack", "flush", "--limit", "3"]).is_err());
+    }
+
+    #[test]
+    fn service_list_parses() {
+        let cli = parse(&["service", "list", "-j"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Service {
+                command: ListCommand::List { json: true }
+            }
+        ));
+    }
 }
