@@ -101,10 +101,11 @@ impl AgentCore {
         };
         let mut number = 0;
         self.desired.send_if_modified(|current| {
-            let changed =
-                !same_state(&current.desired.state, &next.state) || *current.desired != next;
+            // One diff decides both; the listings are compared only when
+            // the engine's state is the same.
+            let engine_changed = !same_state(&current.desired.state, &next.state);
+            let changed = engine_changed || *current.desired != next;
             if changed {
-                let engine_changed = !same_state(&current.desired.state, &next.state);
                 if engine_changed || current.number == 0 {
                     current.number += 1;
                 }

@@ -1,8 +1,10 @@
 //! The object store: what the sources know of the cluster, by kind and key.
 //!
 //! Sources write into it through a [`StoreHandle`]; desired-state computation
-//! reads a consistent copy ([`StoreHandle::snapshot`]). Every write bumps a
-//! revision that the agent's main loop waits on.
+//! reads a consistent snapshot ([`StoreHandle::snapshot`]): a shared pointer,
+//! so taking one copies nothing; a write while a snapshot is still held copies
+//! the index (objects themselves are shared, never copied). Every write bumps
+//! a revision that the agent's main loop waits on.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -14,7 +16,7 @@ use crate::objects::{Kind, Object, ObjectKey};
 /// A consistent view of everything the sources delivered.
 #[derive(Clone, Debug, Default)]
 pub struct Store {
-    objects: BTreeMap<ObjectKey, Object>,
+    objects: BTreeMap<ObjectKey, Arc<Object>>,
     /// Kinds whose first full listing has arrived.
     synced: BTreeSet<Kind>,
     /// Problems per origin (a manifest file, a watch), each naming what is wrong.
@@ -23,11 +25,13 @@ pub struct Store {
 
 impl Store {
     pub fn get(&self, kind: Kind, namespace: &str, name: &str) -> Option<&Object> {
-        self.objects.get(&ObjectKey {
-            kind,
-            namespace: namespace.to_string(),
-            name: name.to_string(),
-        })
+        self.objects
+            .get(&ObjectKey {
+                kind,
+                namespace: namespace.to_string(),
+                name: name.to_string(),
+            })
+            .map(|o| &**o)
     }
 
     /// Objects of one kind in key order (namespace, then name).
@@ -41,7 +45,7 @@ impl Store {
                 }..,
             )
             .take_while(move |(k, _)| k.kind == kind)
-            .map(|(_, o)| o)
+            .map(|(_, o)| &**o)
     }
 
     pub fn len(&self) -> usize {
@@ -69,11 +73,27 @@ impl Store {
             .collect()
     }
 
-    pub fn upsert(&mut self, object: Object) {
-        self.objects.insert(object.key(), object);
+    /// The problems recorded for one origin (empty when none).
+    pub fn errors_of(&self, origin: &str) -> &[String] {
+        self.errors.get(origin).map_or(&[], Vec::as_slice)
     }
 
-    pub fn remove(&mut self, key: &ObjectKey) -> Option<Object> {
+    /// Whether the store holds exactly `objects` (the same shared values
+    /// under the same keys): a re-read that found nothing new.
+    pub fn same_objects(&self, objects: &BTreeMap<ObjectKey, Arc<Object>>) -> bool {
+        self.objects.len() == objects.len()
+            && self
+                .objects
+                .iter()
+                .zip(objects)
+                .all(|((k1, o1), (k2, o2))| k1 == k2 && Arc::ptr_eq(o1, o2))
+    }
+
+    pub fn upsert(&mut self, object: Object) {
+        self.objects.insert(object.key(), Arc::new(object));
+    }
+
+    pub fn remove(&mut self, key: &ObjectKey) -> Option<Arc<Object>> {
         self.objects.remove(key)
     }
 
@@ -90,11 +110,8 @@ impl Store {
 
     /// Replaces every object of every kind (a source that always delivers the
     /// whole picture, like the manifest directory) and marks all kinds synced.
-    pub fn replace_all(&mut self, objects: Vec<Object>) {
-        self.objects.clear();
-        for object in objects {
-            self.upsert(object);
-        }
+    pub fn replace_all(&mut self, objects: BTreeMap<ObjectKey, Arc<Object>>) {
+        self.objects = objects;
         self.synced.extend(Kind::ALL);
     }
 
@@ -115,7 +132,7 @@ impl Store {
 /// Shared, cloneable access to the store with change notification.
 #[derive(Clone, Debug)]
 pub struct StoreHandle {
-    store: Arc<Mutex<Store>>,
+    store: Arc<Mutex<Arc<Store>>>,
     revision: watch::Sender<u64>,
 }
 
@@ -128,24 +145,25 @@ impl Default for StoreHandle {
 impl StoreHandle {
     pub fn new() -> StoreHandle {
         StoreHandle {
-            store: Arc::new(Mutex::new(Store::default())),
+            store: Arc::new(Mutex::new(Arc::new(Store::default()))),
             revision: watch::Sender::new(0),
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Store> {
+    fn lock(&self) -> MutexGuard<'_, Arc<Store>> {
         self.store.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Changes the store under its lock and tells waiters once.
     pub fn update<R>(&self, change: impl FnOnce(&mut Store) -> R) -> R {
-        let result = change(&mut self.lock());
+        // Copies the index only while a snapshot of the old version is alive.
+        let result = change(Arc::make_mut(&mut self.lock()));
         self.revision.send_modify(|r| *r += 1);
         result
     }
 
-    /// A consistent copy for computing desired state.
-    pub fn snapshot(&self) -> Store {
+    /// A consistent, immutable view for computing desired state (no copy).
+    pub fn snapshot(&self) -> Arc<Store> {
         self.lock().clone()
     }
 

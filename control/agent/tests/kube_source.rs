@@ -63,7 +63,7 @@ impl Running {
     }
 
     /// Waits until `check` holds for the store; fails the test after [`WAIT`].
-    async fn until(&self, what: &str, check: impl Fn(&Store) -> bool) -> Store {
+    async fn until(&self, what: &str, check: impl Fn(&Store) -> bool) -> std::sync::Arc<Store> {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
             let store = self.store.snapshot();

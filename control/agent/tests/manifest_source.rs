@@ -98,6 +98,75 @@ fn a_bad_edit_keeps_the_last_good_object_and_names_file_object_and_field() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// Only files whose text changed are parsed again; an unchanged file keeps
+/// its errors, the last good versions of its bad objects and its duplicates
+/// exactly as when it was last parsed.
+#[test]
+fn unchanged_files_keep_their_errors_and_last_good_objects_across_loads() {
+    let dir = temp_dir("cache");
+    std::fs::write(dir.join("a.yaml"), pod("one", "v1")).unwrap();
+    std::fs::write(dir.join("b.yaml"), pod("three", "v1")).unwrap();
+    let mut loader = ManifestLoader::default();
+    let store = load(&mut loader, &dir);
+    assert_eq!(app_of(&store, "one").as_deref(), Some("v1"));
+
+    // a.yaml goes bad; then only b.yaml changes, twice, with a.yaml untouched.
+    let broken = pod("one", "v2").replace(
+        "image: busybox",
+        "image: busybox, ports: [{containerPort: x}]",
+    );
+    std::fs::write(dir.join("a.yaml"), &broken).unwrap();
+    for round in ["v2", "v3"] {
+        let _ = load(&mut loader, &dir);
+        std::fs::write(dir.join("b.yaml"), pod("three", round)).unwrap();
+        let store = load(&mut loader, &dir);
+        assert_eq!(app_of(&store, "one").as_deref(), Some("v1"), "{round}");
+        assert_eq!(app_of(&store, "three").as_deref(), Some(round));
+        let errors = store.errors();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].contains(
+                "a.yaml: document 1 (Pod default/one): spec.containers[0].ports[0].containerPort:"
+            ),
+            "{errors:?}"
+        );
+    }
+
+    // A duplicate in a later file is reported on every load, also unchanged.
+    std::fs::write(dir.join("c.yaml"), pod("three", "dup")).unwrap();
+    for _ in 0..2 {
+        let store = load(&mut loader, &dir);
+        assert_eq!(app_of(&store, "three").as_deref(), Some("v3"));
+        assert!(store.errors().iter().any(|e| e.contains("c.yaml: document 1 (Pod default/three): duplicate of the object in b.yaml; ignored")), "{:?}", store.errors());
+    }
+    // b.yaml stops defining it: the copy in c.yaml takes over.
+    std::fs::write(dir.join("b.yaml"), pod("four", "v1")).unwrap();
+    let store = load(&mut loader, &dir);
+    assert_eq!(app_of(&store, "three").as_deref(), Some("dup"));
+
+    // Invalid YAML keeps a.yaml's objects, also on the loads after it.
+    std::fs::write(dir.join("a.yaml"), pod("one", "v4")).unwrap();
+    assert_eq!(
+        app_of(&load(&mut loader, &dir), "one").as_deref(),
+        Some("v4")
+    );
+    std::fs::write(dir.join("a.yaml"), "apiVersion: v1\nkind: [Pod\n").unwrap();
+    for _ in 0..2 {
+        let store = load(&mut loader, &dir);
+        assert_eq!(app_of(&store, "one").as_deref(), Some("v4"));
+        assert!(store
+            .errors()
+            .join("\n")
+            .contains("a.yaml: document 1: invalid YAML"));
+    }
+    // Fixed: the new version applies and the error is gone.
+    std::fs::write(dir.join("a.yaml"), pod("one", "v5")).unwrap();
+    let store = load(&mut loader, &dir);
+    assert_eq!(app_of(&store, "one").as_deref(), Some("v5"));
+    assert!(store.errors().is_empty(), "{:?}", store.errors());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 fn wait_for(store: &StoreHandle, what: &str, check: impl Fn(&Store) -> bool) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {

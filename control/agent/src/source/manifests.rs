@@ -9,8 +9,9 @@
 //! fine from that file before, its last good version stays in effect, so a
 //! bad edit never half-removes anything.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -30,15 +31,143 @@ const RESCAN: Duration = Duration::from_secs(5);
 /// The result of reading the directory once.
 #[derive(Debug, Default)]
 pub struct Loaded {
-    pub objects: Vec<Object>,
+    /// Every object in effect, by key; shared with the loader's cache, so an
+    /// unchanged object is never copied.
+    pub objects: BTreeMap<ObjectKey, Arc<Object>>,
     /// `file: document N (Kind ns/name): field: problem`.
     pub errors: Vec<String>,
 }
 
-/// Remembers the last good version of each object per file.
+/// One document (or `List` item) of a file as decoded, kept until the file
+/// changes: re-reading a directory then parses only the files that changed.
+#[derive(Debug)]
+enum ParsedItem {
+    /// A document that is not YAML; the stream stops there.
+    InvalidYaml { number: usize, message: String },
+    Decoded {
+        /// `document N` or `document N item M`.
+        at: String,
+        label: String,
+        /// The key the document names, when readable (for its last good version).
+        key: Option<ObjectKey>,
+        object: Result<(ObjectKey, Arc<Object>), String>,
+    },
+}
+
+/// What the loader keeps of one file between loads.
+#[derive(Debug, Default)]
+struct FileState {
+    /// The text as last read; `None` when it could not be read.
+    text: Option<String>,
+    items: Vec<ParsedItem>,
+    /// The file's objects in effect after the last load, when they are not
+    /// simply its decoded documents (a bad document, a duplicate, an
+    /// unreadable file); `None` otherwise, so a clean file costs nothing extra.
+    good: Option<BTreeMap<ObjectKey, Arc<Object>>>,
+    /// During one load, for a file that changed: its objects in effect
+    /// before, where a bad document finds its object's last good version.
+    previous: Option<BTreeMap<ObjectKey, Arc<Object>>>,
+}
+
+impl FileState {
+    fn parse(text: String) -> Vec<ParsedItem> {
+        let mut items = Vec::new();
+        for (index, doc) in documents(&text).into_iter().enumerate() {
+            let number = index + 1;
+            let doc = match doc {
+                Ok(Value::Null) => continue,
+                Ok(doc) => doc,
+                Err(message) => {
+                    items.push(ParsedItem::InvalidYaml { number, message });
+                    continue;
+                }
+            };
+            for (item_index, item) in list_items(doc).into_iter().enumerate() {
+                let at = match item_index {
+                    0 if !item.1 => format!("document {number}"),
+                    n => format!("document {number} item {n}"),
+                };
+                let doc = item.0;
+                let label = object_label(&doc);
+                let key = key_of(&doc);
+                let object = decode(doc).map(|o| (o.key(), Arc::new(o)));
+                items.push(ParsedItem::Decoded {
+                    at,
+                    label,
+                    key,
+                    object,
+                });
+            }
+        }
+        items
+    }
+
+    /// The objects in effect from this file after the last load.
+    fn objects_in_effect(&self) -> BTreeMap<ObjectKey, Arc<Object>> {
+        if let Some(good) = &self.good {
+            return good.clone();
+        }
+        let mut out = BTreeMap::new();
+        for item in &self.items {
+            if let ParsedItem::Decoded {
+                object: Ok((key, object)),
+                ..
+            } = item
+            {
+                out.insert(key.clone(), object.clone());
+            }
+        }
+        out
+    }
+
+    /// Takes in the file's text as just read; parses it only if it changed.
+    fn refresh(&mut self, read: Result<String, String>) -> Result<(), String> {
+        let text = match read {
+            Ok(text) if self.text.as_ref() == Some(&text) => return Ok(()),
+            Ok(text) => Some(text),
+            Err(e) if self.text.is_none() && self.previous.is_none() && self.good.is_some() => {
+                // Still unreadable: its last good objects stay where they are.
+                return Err(e);
+            }
+            Err(e) => {
+                let previous = self.objects_in_effect();
+                *self = FileState {
+                    previous: Some(previous),
+                    ..FileState::default()
+                };
+                return Err(e);
+            }
+        };
+        let previous = self.objects_in_effect();
+        let items = FileState::parse(text.clone().unwrap_or_default());
+        *self = FileState {
+            text,
+            items,
+            good: None,
+            previous: Some(previous),
+        };
+        Ok(())
+    }
+
+    /// Where a bad document looks up its object's last good version.
+    fn last_good(&self) -> Option<&BTreeMap<ObjectKey, Arc<Object>>> {
+        self.previous.as_ref().or(self.good.as_ref())
+    }
+}
+
+/// The objects of a document that cannot be read cannot be named: keeps every
+/// last-good object of the file not seen again.
+fn keep_last_good<'a>(state: &'a FileState, good: &mut BTreeMap<&'a ObjectKey, &'a Arc<Object>>) {
+    for (key, object) in state.last_good().into_iter().flatten() {
+        good.entry(key).or_insert(object);
+    }
+}
+
+/// Remembers, per file, its decoded documents (parsed again only when the
+/// file's text changes) and the last good version of each of its objects.
 #[derive(Debug, Default)]
 pub struct ManifestLoader {
-    last_good: BTreeMap<(PathBuf, ObjectKey), Object>,
+    files: HashMap<PathBuf, FileState>,
 }
 
 fn object_label(doc: &Value) -> String {
@@ -153,99 +282,115 @@ pub fn manifest_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
 }
 
 impl ManifestLoader {
-    /// Reads every manifest in `dir` once.
+    /// Reads every manifest in `dir` once; only files whose text changed
+    /// since the last call are parsed again.
     pub fn load(&mut self, dir: &Path) -> anyhow::Result<Loaded> {
+        let paths = manifest_files(dir)?;
+        // Files gone from the directory are forgotten with their objects.
+        let mut states: Vec<FileState> = paths
+            .iter()
+            .map(|p| self.files.remove(p).unwrap_or_default())
+            .collect();
+        self.files.clear();
+        let reads: Vec<Result<(), String>> = paths
+            .iter()
+            .zip(&mut states)
+            .map(|(path, state)| {
+                state.refresh(std::fs::read_to_string(path).map_err(|e| e.to_string()))
+            })
+            .collect();
+
         let mut loaded = Loaded::default();
-        let mut seen: BTreeMap<ObjectKey, (PathBuf, Object)> = BTreeMap::new();
-        let mut good: BTreeMap<(PathBuf, ObjectKey), Object> = BTreeMap::new();
-        for file in manifest_files(dir)? {
+        // Key -> (file index, object): what is in effect, first file wins.
+        let mut seen: HashMap<&ObjectKey, (usize, &Arc<Object>)> = HashMap::new();
+        // Per file: its objects in effect, when that is not simply its
+        // decoded documents.
+        let mut irregular: Vec<Option<BTreeMap<&ObjectKey, &Arc<Object>>>> =
+            Vec::with_capacity(paths.len());
+        for (index, ((file, state), read)) in paths.iter().zip(&states).zip(&reads).enumerate() {
             let shown = file.file_name().map_or_else(
                 || file.display().to_string(),
                 |n| n.to_string_lossy().into_owned(),
             );
-            let text = match std::fs::read_to_string(&file) {
-                Ok(text) => text,
-                Err(e) => {
-                    loaded.errors.push(format!("{shown}: {e}"));
-                    self.keep_last_good(&file, &mut good);
-                    continue;
-                }
-            };
-            for (index, doc) in documents(&text).into_iter().enumerate() {
-                let number = index + 1;
-                let doc = match doc {
-                    Ok(Value::Null) => continue,
-                    Ok(doc) => doc,
-                    Err(e) => {
-                        loaded
-                            .errors
-                            .push(format!("{shown}: document {number}: invalid YAML: {e}"));
-                        // The objects of a document that cannot be read cannot be
-                        // named: keep every last-good object of this file not seen again.
-                        self.keep_last_good(&file, &mut good);
+            let mut good: BTreeMap<&ObjectKey, &Arc<Object>> = BTreeMap::new();
+            let mut clean = true;
+            if let Err(e) = read {
+                loaded.errors.push(format!("{shown}: {e}"));
+                keep_last_good(state, &mut good);
+                irregular.push(Some(good));
+                continue;
+            }
+            for item in &state.items {
+                let (at, label, key, object) = match item {
+                    ParsedItem::InvalidYaml { number, message } => {
+                        loaded.errors.push(format!(
+                            "{shown}: document {number}: invalid YAML: {message}"
+                        ));
+                        keep_last_good(state, &mut good);
+                        clean = false;
                         continue;
                     }
+                    ParsedItem::Decoded {
+                        at,
+                        label,
+                        key,
+                        object,
+                    } => (at, label, key, object),
                 };
-                for (item_index, item) in list_items(doc).into_iter().enumerate() {
-                    let at = match item_index {
-                        0 if !item.1 => format!("document {number}"),
-                        n => format!("document {number} item {n}"),
-                    };
-                    let doc = item.0;
-                    let label = object_label(&doc);
-                    let key = key_of(&doc);
-                    match decode(doc) {
-                        Ok(object) => {
-                            let key = object.key();
-                            if let Some((other, _)) = seen.get(&key) {
-                                let other = other
-                                    .file_name()
-                                    .map(|n| n.to_string_lossy().into_owned())
-                                    .unwrap_or_default();
-                                loaded.errors.push(format!("{shown}: {at} ({label}): duplicate of the object in {other}; ignored"));
-                                continue;
-                            }
-                            good.insert((file.clone(), key.clone()), object.clone());
-                            seen.insert(key, (file.clone(), object));
+                match object {
+                    Ok((key, object)) => {
+                        if let Some((other, _)) = seen.get(key) {
+                            let other = paths[*other]
+                                .file_name()
+                                .map(|n| n.to_string_lossy().into_owned())
+                                .unwrap_or_default();
+                            loaded.errors.push(format!("{shown}: {at} ({label}): duplicate of the object in {other}; ignored"));
+                            clean = false;
+                            continue;
                         }
-                        Err(message) => {
-                            loaded
-                                .errors
-                                .push(format!("{shown}: {at} ({label}): {message}"));
-                            if let Some(key) = key {
-                                if let Some(previous) =
-                                    self.last_good.get(&(file.clone(), key.clone()))
-                                {
-                                    if let std::collections::btree_map::Entry::Vacant(slot) =
-                                        seen.entry(key.clone())
-                                    {
-                                        good.insert((file.clone(), key), previous.clone());
-                                        slot.insert((file.clone(), previous.clone()));
-                                    }
-                                }
+                        good.insert(key, object);
+                        seen.insert(key, (index, object));
+                    }
+                    Err(message) => {
+                        loaded
+                            .errors
+                            .push(format!("{shown}: {at} ({label}): {message}"));
+                        clean = false;
+                        let previous = key
+                            .as_ref()
+                            .and_then(|key| state.last_good().and_then(|g| g.get_key_value(key)));
+                        if let Some((key, previous)) = previous {
+                            if let std::collections::hash_map::Entry::Vacant(slot) = seen.entry(key)
+                            {
+                                good.insert(key, previous);
+                                slot.insert((index, previous));
                             }
                         }
                     }
                 }
             }
+            irregular.push((!clean).then_some(good));
         }
         // Objects kept from an unreadable document: add those not seen otherwise.
-        for ((file, key), object) in &good {
-            seen.entry(key.clone())
-                .or_insert_with(|| (file.clone(), object.clone()));
-        }
-        loaded.objects = seen.into_values().map(|(_, o)| o).collect();
-        self.last_good = good;
-        Ok(loaded)
-    }
-
-    fn keep_last_good(&self, file: &Path, good: &mut BTreeMap<(PathBuf, ObjectKey), Object>) {
-        for ((f, key), object) in &self.last_good {
-            if f == file {
-                good.entry((f.clone(), key.clone()))
-                    .or_insert_with(|| object.clone());
+        for (index, good) in irregular.iter().enumerate() {
+            for (key, object) in good.iter().flatten() {
+                seen.entry(key).or_insert((index, object));
             }
         }
+        loaded.objects = seen
+            .into_iter()
+            .map(|(key, (_, object))| (key.clone(), object.clone()))
+            .collect();
+        let goods: Vec<Option<BTreeMap<ObjectKey, Arc<Object>>>> = irregular
+            .into_iter()
+            .map(|g| g.map(|g| g.into_iter().map(|(k, o)| (k.clone(), o.clone())).collect()))
+            .collect();
+        for ((path, mut state), good) in paths.into_iter().zip(states).zip(goods) {
+            state.good = good;
+            state.previous = None;
+            self.files.insert(path, state);
+        }
+        Ok(loaded)
     }
 }
 
@@ -296,10 +441,19 @@ impl ManifestSource {
                 for e in &loaded.errors {
                     tracing::warn!("manifest: {e}");
                 }
-                store.update(|s| {
-                    s.replace_all(loaded.objects);
-                    s.set_errors(&origin, loaded.errors);
+                // A rescan that found nothing new wakes nobody: every
+                // recompute at 10k services costs real CPU.
+                let unchanged = store.read(|s| {
+                    s.errors_of(&origin) == loaded.errors.as_slice()
+                        && s.all_synced()
+                        && s.same_objects(&loaded.objects)
                 });
+                if !unchanged {
+                    store.update(|s| {
+                        s.replace_all(loaded.objects);
+                        s.set_errors(&origin, loaded.errors);
+                    });
+                }
             }
             Err(e) => {
                 tracing::error!("{e:#}");
