@@ -107,6 +107,13 @@ fn bench(c: &mut Criterion) {
         })
     });
     let mut rng = 1u64;
+    group.bench_function("track_hit", |b| {
+        b.iter(|| {
+            let k = key(next(&mut rng));
+            black_box(ct.track(black_box(&k), sluice_conntrack::Seen { tcp_flags: 0x10 }, 2))
+        })
+    });
+    let mut rng = 1u64;
     group.bench_function("hashmap_lookup_hit_baseline", |b| {
         b.iter(|| {
             let k = key(next(&mut rng));

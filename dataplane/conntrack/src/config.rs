@@ -48,6 +48,7 @@ const ICMPV6: u8 = 58;
 impl Timeouts {
     /// Seconds a flow of `protocol` in `state` lives after its last packet.
     /// TCP states carry their own timeout whatever the protocol number says.
+    #[inline]
     pub fn for_state(&self, protocol: u8, state: FlowState) -> u32 {
         match state {
             FlowState::Tcp(tcp) => match tcp {
@@ -70,6 +71,7 @@ impl Timeouts {
     }
 
     /// The first instant a flow last seen at `last_seen_ns` is expired.
+    #[inline]
     pub(crate) fn expiry_ns(&self, protocol: u8, state: FlowState, last_seen_ns: u64) -> u64 {
         last_seen_ns.saturating_add(u64::from(self.for_state(protocol, state)) * 1_000_000_000)
     }

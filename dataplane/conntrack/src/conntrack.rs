@@ -35,9 +35,9 @@
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use crate::entry::{ENTRY_WORDS, LAST_SEEN_WORD, META_WORD};
+use crate::entry::{Tracked, ENTRY_WORDS, LAST_SEEN_WORD, META_WORD};
 use crate::key::KEY_WORDS;
-use crate::table::{BucketGuard, Location, LockSet, SeqTable, SLOTS};
+use crate::table::{BucketGuard, Location, LockSet, SeqTable, ValueWords, SLOTS};
 use crate::tcp::{next_state, tcp_flags};
 use crate::{CtConfig, CtEntry, Direction, FlowKey, FlowState, TcpState, Timeouts};
 
@@ -111,6 +111,20 @@ pub fn reopens(state: FlowState, direction: Direction, seen: Seen) -> bool {
         )
 }
 
+/// True when `seen` in `direction` changes a flow in `state` or reopens it
+/// (`next_flow_state(..) != state || reopens(..)`), decided with one match
+/// for the per-packet path.
+#[inline]
+fn changes_flow(state: FlowState, direction: Direction, seen: Seen) -> bool {
+    match state {
+        FlowState::Tcp(tcp) => {
+            next_state(tcp, direction, seen.tcp_flags) != tcp || reopens(state, direction, seen)
+        }
+        FlowState::Unreplied => direction == Direction::Reply,
+        FlowState::Replied => false,
+    }
+}
+
 /// The shared table.
 #[derive(Debug)]
 pub struct Conntrack {
@@ -124,6 +138,46 @@ pub struct Conntrack {
     insert_failures: AtomicU64,
     evictions: AtomicU64,
     expired: AtomicU64,
+}
+
+/// What [`Conntrack::observe_as`] decodes an entry into.
+trait Decode: From<CtEntry> {
+    fn decode(value: &ValueWords<'_, ENTRY_WORDS>) -> Self;
+    fn state(&self) -> FlowState;
+    fn direction(&self) -> Direction;
+    fn last_seen_ns(&self) -> u64;
+}
+
+impl Decode for CtEntry {
+    #[inline]
+    fn decode(value: &ValueWords<'_, ENTRY_WORDS>) -> CtEntry {
+        CtEntry::read(|i| value.get(i))
+    }
+    fn state(&self) -> FlowState {
+        self.state
+    }
+    fn direction(&self) -> Direction {
+        self.direction
+    }
+    fn last_seen_ns(&self) -> u64 {
+        self.last_seen_ns
+    }
+}
+
+impl Decode for Tracked {
+    #[inline]
+    fn decode(value: &ValueWords<'_, ENTRY_WORDS>) -> Tracked {
+        Tracked::read(|i| value.get(i))
+    }
+    fn state(&self) -> FlowState {
+        Tracked::state(self)
+    }
+    fn direction(&self) -> Direction {
+        Tracked::direction(self)
+    }
+    fn last_seen_ns(&self) -> u64 {
+        Tracked::last_seen_ns(self)
+    }
 }
 
 /// A decoded slot.
@@ -170,7 +224,7 @@ impl Conntrack {
     pub fn lookup(&self, key: &FlowKey, now_ns: u64) -> Option<CtEntry> {
         let words = key.to_words();
         let location = self.table.locate(&words);
-        let entry = CtEntry::from_words(&self.table.read(location, &words)?);
+        let entry = self.table.read_with(location, &words, CtEntry::decode)?;
         self.is_live(key, &entry, now_ns).then_some(entry)
     }
 
@@ -182,14 +236,38 @@ impl Conntrack {
     /// ACK arrives in the original direction of a flow in TIME_WAIT or CLOSE,
     /// so the caller creates a new flow, as the kernel reopens a port.
     pub fn observe(&self, key: &FlowKey, seen: Seen, now_ns: u64) -> Option<CtEntry> {
-        let entry = self.lookup(key, now_ns)?;
-        let next = next_flow_state(entry.state, entry.direction, seen);
-        let reopen = reopens(entry.state, entry.direction, seen);
-        let fresh = now_ns < entry.last_seen_ns.saturating_add(REFRESH_NS);
-        if !reopen && next == entry.state && fresh {
-            return Some(entry);
+        self.observe_as(key, seen, now_ns)
+    }
+
+    /// [`Conntrack::observe`] returning only what a packet's own path
+    /// needs ([`Tracked`]): the same table effects, but a hit that changes
+    /// nothing (almost every packet) loads 3 of the entry's 9 words, and its
+    /// address words only when the entry has rewrites.
+    pub fn track(&self, key: &FlowKey, seen: Seen, now_ns: u64) -> Option<Tracked> {
+        self.observe_as(key, seen, now_ns)
+    }
+
+    /// [`Conntrack::observe`] decoding the entry as `T`. The lock-free read
+    /// takes the state, direction and last seen with `T`, so the hit that
+    /// changes nothing is one read; a packet that changes the state or
+    /// refreshes last seen (at most once a second per flow) reads the whole
+    /// entry again and writes under the locks ([`Conntrack::update_flow`]).
+    #[inline]
+    fn observe_as<T: Decode>(&self, key: &FlowKey, seen: Seen, now_ns: u64) -> Option<T> {
+        let words = key.to_words();
+        let location = self.table.locate(&words);
+        let value = self.table.read_with(location, &words, T::decode)?;
+        let (state, direction, last_seen_ns) =
+            (value.state(), value.direction(), value.last_seen_ns());
+        if now_ns >= self.timeouts.expiry_ns(key.protocol, state, last_seen_ns) {
+            return None;
         }
-        self.update_flow(key, &entry, seen, now_ns)
+        let fresh = now_ns < last_seen_ns.saturating_add(REFRESH_NS);
+        if fresh && !changes_flow(state, direction, seen) {
+            return Some(value);
+        }
+        let entry = self.lookup(key, now_ns)?;
+        self.update_flow(key, &entry, seen, now_ns).map(T::from)
     }
 
     /// The write half of [`Conntrack::observe`], under both bucket locks. The
@@ -734,5 +812,41 @@ impl Conntrack {
 
     pub fn timeouts(&self) -> &Timeouts {
         &self.timeouts
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The per-packet shortcut agrees with the state machine for every
+    /// state, direction and TCP flags byte.
+    #[test]
+    fn changes_flow_is_next_state_differs_or_reopens() {
+        let states = [
+            FlowState::Unreplied,
+            FlowState::Replied,
+            FlowState::Tcp(TcpState::SynSent),
+            FlowState::Tcp(TcpState::SynRecv),
+            FlowState::Tcp(TcpState::Established),
+            FlowState::Tcp(TcpState::FinWait),
+            FlowState::Tcp(TcpState::CloseWait),
+            FlowState::Tcp(TcpState::LastAck),
+            FlowState::Tcp(TcpState::TimeWait),
+            FlowState::Tcp(TcpState::Close),
+        ];
+        for state in states {
+            for direction in [Direction::Original, Direction::Reply] {
+                for tcp_flags in 0..=u8::MAX {
+                    let seen = Seen { tcp_flags };
+                    assert_eq!(
+                        changes_flow(state, direction, seen),
+                        next_flow_state(state, direction, seen) != state
+                            || reopens(state, direction, seen),
+                        "{state:?} {direction:?} {tcp_flags:#x}"
+                    );
+                }
+            }
+        }
     }
 }

@@ -76,6 +76,123 @@ const DST_PORT_SHIFT: u32 = 32;
 /// Index of the meta word and of last seen, for writers that touch only them.
 pub(crate) const META_WORD: usize = 4;
 pub(crate) const LAST_SEEN_WORD: usize = 8;
+const IDS_WORD: usize = 5;
+const POLICY_WORD: usize = 6;
+const CREATED_WORD: usize = 7;
+
+/// The flow state in a meta word.
+#[inline]
+fn state_of(meta: u64) -> FlowState {
+    state_from_code(meta >> STATE_SHIFT & STATE_MASK)
+}
+
+/// The direction in a meta word.
+#[inline]
+fn direction_of(meta: u64) -> Direction {
+    if meta & REPLY != 0 {
+        Direction::Reply
+    } else {
+        Direction::Original
+    }
+}
+
+/// The rewrites of the entry with this meta word; the address words (0 to
+/// 3) are loaded through `word` only for a rewrite that is present, so an
+/// entry without rewrites (most flows) costs no address decoding.
+#[inline]
+fn rewrites_of(meta: u64, word: &impl Fn(usize) -> u64) -> Rewrites {
+    if meta & (SRC_SET | DST_SET) == 0 {
+        return Rewrites::default();
+    }
+    let src = (meta & SRC_SET != 0).then(|| {
+        SocketAddr::new(
+            ip_from_words(word(0), word(1), meta & SRC_V6 != 0),
+            (meta >> SRC_PORT_SHIFT) as u16,
+        )
+    });
+    let dst = (meta & DST_SET != 0).then(|| {
+        SocketAddr::new(
+            ip_from_words(word(2), word(3), meta & DST_V6 != 0),
+            (meta >> DST_PORT_SHIFT) as u16,
+        )
+    });
+    Rewrites { src, dst }
+}
+
+/// What a packet's own path needs from its entry ([`crate::Conntrack::track`]):
+/// the entry's words as read, less the policy and created words, decoded
+/// on demand. A hit on an entry without rewrites (most flows) loads 3 of
+/// the entry's 9 words and moves 7 words, where a [`CtEntry`] is 13.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tracked {
+    meta: u64,
+    ids: u64,
+    last_seen_ns: u64,
+    /// The rewrite address words; zero unless the meta word says present.
+    addrs: [u64; 4],
+}
+
+impl Tracked {
+    /// Reads the words a [`Tracked`] keeps through `word`, each at most once.
+    #[inline]
+    pub(crate) fn read(word: impl Fn(usize) -> u64) -> Tracked {
+        let meta = word(META_WORD);
+        let addrs = if meta & (SRC_SET | DST_SET) == 0 {
+            [0; 4]
+        } else {
+            [word(0), word(1), word(2), word(3)]
+        };
+        Tracked {
+            meta,
+            ids: word(IDS_WORD),
+            last_seen_ns: word(LAST_SEEN_WORD),
+            addrs,
+        }
+    }
+
+    pub fn direction(&self) -> Direction {
+        direction_of(self.meta)
+    }
+
+    /// The flow's state (as [`CtEntry::state`]).
+    pub fn state(&self) -> FlowState {
+        state_of(self.meta)
+    }
+
+    /// [`flags`] bits.
+    pub fn flags(&self) -> u16 {
+        (self.meta >> FLAGS_SHIFT) as u16
+    }
+
+    pub fn service_id(&self) -> u32 {
+        (self.ids >> 32) as u32
+    }
+
+    pub fn backend_id(&self) -> u32 {
+        self.ids as u32
+    }
+
+    pub fn last_seen_ns(&self) -> u64 {
+        self.last_seen_ns
+    }
+
+    /// True when [`Tracked::rewrites`] has a source or destination rewrite.
+    #[inline]
+    pub fn has_rewrites(&self) -> bool {
+        self.meta & (SRC_SET | DST_SET) != 0
+    }
+
+    #[inline]
+    pub fn rewrites(&self) -> Rewrites {
+        rewrites_of(self.meta, &|i| self.addrs[i % 4])
+    }
+}
+
+impl From<CtEntry> for Tracked {
+    fn from(entry: CtEntry) -> Tracked {
+        Tracked::read(|i| entry.to_words()[i % ENTRY_WORDS])
+    }
+}
 
 fn state_code(state: FlowState) -> u64 {
     match state {
@@ -92,6 +209,7 @@ fn state_code(state: FlowState) -> u64 {
     }
 }
 
+#[inline]
 fn state_from_code(code: u64) -> FlowState {
     match code {
         0 => FlowState::Unreplied,
@@ -147,33 +265,24 @@ impl CtEntry {
     }
 
     pub(crate) fn from_words(words: &[u64; ENTRY_WORDS]) -> CtEntry {
-        let meta = words[META_WORD];
-        let src = (meta & SRC_SET != 0).then(|| {
-            SocketAddr::new(
-                ip_from_words(words[0], words[1], meta & SRC_V6 != 0),
-                (meta >> SRC_PORT_SHIFT) as u16,
-            )
-        });
-        let dst = (meta & DST_SET != 0).then(|| {
-            SocketAddr::new(
-                ip_from_words(words[2], words[3], meta & DST_V6 != 0),
-                (meta >> DST_PORT_SHIFT) as u16,
-            )
-        });
+        CtEntry::read(|i| words[i % ENTRY_WORDS])
+    }
+
+    /// Decodes an entry from its words, each loaded through `word` once.
+    #[inline]
+    pub(crate) fn read(word: impl Fn(usize) -> u64) -> CtEntry {
+        let meta = word(META_WORD);
+        let ids = word(IDS_WORD);
         CtEntry {
-            direction: if meta & REPLY != 0 {
-                Direction::Reply
-            } else {
-                Direction::Original
-            },
-            rewrites: Rewrites { src, dst },
-            state: state_from_code(meta >> STATE_SHIFT & STATE_MASK),
-            service_id: (words[5] >> 32) as u32,
-            backend_id: words[5] as u32,
+            direction: direction_of(meta),
+            rewrites: rewrites_of(meta, &word),
+            state: state_of(meta),
+            service_id: (ids >> 32) as u32,
+            backend_id: ids as u32,
             flags: (meta >> FLAGS_SHIFT) as u16,
-            policy: words[6] as u32,
-            created_ns: words[7],
-            last_seen_ns: words[LAST_SEEN_WORD],
+            policy: word(POLICY_WORD) as u32,
+            created_ns: word(CREATED_WORD),
+            last_seen_ns: word(LAST_SEEN_WORD),
         }
     }
 
@@ -235,6 +344,30 @@ mod tests {
                     last_seen_ns: i as u64 * 1_000_000_007,
                 };
                 assert_eq!(CtEntry::from_words(&entry.to_words()), entry);
+                let tracked = Tracked::from(entry);
+                assert_eq!(
+                    (
+                        tracked.direction(),
+                        tracked.rewrites(),
+                        tracked.has_rewrites(),
+                        tracked.state(),
+                    ),
+                    (entry.direction, rewrites, j != 0, state)
+                );
+                assert_eq!(
+                    (
+                        tracked.service_id(),
+                        tracked.backend_id(),
+                        tracked.flags(),
+                        tracked.last_seen_ns(),
+                    ),
+                    (
+                        entry.service_id,
+                        entry.backend_id,
+                        entry.flags,
+                        entry.last_seen_ns
+                    )
+                );
                 let meta =
                     CtEntry::meta_with_state(entry.to_words()[META_WORD], FlowState::Replied);
                 let mut words = entry.to_words();

@@ -19,7 +19,7 @@
 //!
 //! Modules:
 //! * [`key`]: [`FlowKey`], [`Rewrites`] and their word encoding.
-//! * [`entry`]: [`CtEntry`], [`FlowState`], [`Direction`], [`flags`].
+//! * [`entry`]: [`CtEntry`], [`Tracked`], [`FlowState`], [`Direction`], [`flags`].
 //! * [`tcp`]: the TCP state machine ([`next_state`], [`TcpState::for_first_packet`]).
 //! * [`config`]: [`CtConfig`], [`Timeouts`].
 //! * `table`: the generic seqlock bucket table (private).
@@ -40,7 +40,7 @@ pub mod tcp;
 pub use affinity::Affinity;
 pub use config::{CtConfig, Timeouts, DEFAULT_CAPACITY};
 pub use conntrack::{next_flow_state, reopens, Conntrack, CtStats, InsertError, Seen};
-pub use entry::{flags, CtEntry, Direction, FlowState};
+pub use entry::{flags, CtEntry, Direction, FlowState, Tracked};
 pub use key::{FlowKey, Rewrites};
 pub use tcp::{next_state, tcp_flags, TcpState};
 

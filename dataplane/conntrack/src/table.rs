@@ -48,6 +48,9 @@ use std::sync::atomic::{fence, AtomicU64, Ordering};
 
 /// Slots per bucket: one byte each in the tags word.
 pub(crate) const SLOTS: usize = 8;
+/// One bit at the bottom and at the top of every byte of a tags word.
+const LOW_BITS: u64 = 0x0101_0101_0101_0101;
+const HIGH_BITS: u64 = 0x8080_8080_8080_8080;
 /// Words before the slots in each bucket: sequence, tags.
 const HEADER_WORDS: usize = 2;
 /// Spins on a busy bucket before yielding the CPU. A writer holds a bucket
@@ -147,6 +150,7 @@ impl<const K: usize, const V: usize> SeqTable<K, V> {
         Self::BUCKET_WORDS * 8 / SLOTS
     }
 
+    #[inline]
     pub fn locate(&self, key: &[u64; K]) -> Location {
         let mut hasher = self.hasher.build_hasher();
         for &word in key {
@@ -168,18 +172,22 @@ impl<const K: usize, const V: usize> SeqTable<K, V> {
         }
     }
 
+    #[inline]
     fn base(&self, bucket: usize) -> usize {
         (bucket & self.bucket_mask) * Self::BUCKET_WORDS
     }
 
+    #[inline]
     fn slot_base(&self, bucket: usize, slot: usize) -> usize {
         self.base(bucket) + HEADER_WORDS + slot * Self::SLOT_WORDS
     }
 
+    #[inline]
     fn seq(&self, bucket: usize) -> &AtomicU64 {
         &self.words[self.base(bucket)]
     }
 
+    #[inline]
     fn tags(&self, bucket: usize) -> &AtomicU64 {
         &self.words[self.base(bucket) + 1]
     }
@@ -189,30 +197,40 @@ impl<const K: usize, const V: usize> SeqTable<K, V> {
     /// the attempts whose result is thrown away, so it must not trust them
     /// beyond comparing and copying.
     fn read_consistent<T>(&self, bucket: usize, read: impl Fn() -> T) -> T {
-        self.read_consistent_at(bucket, read).0
-    }
-
-    /// [`SeqTable::read_consistent`], also returning the (even) `seq` the
-    /// copy was made under.
-    fn read_consistent_at<T>(&self, bucket: usize, read: impl Fn() -> T) -> (T, u64) {
-        let seq = self.seq(bucket);
         let mut spins = 0;
         loop {
-            // Acquire: pairs with the Release store that ended the last write.
-            let before = seq.load(Ordering::Acquire);
-            if before & 1 == 1 {
-                backoff(&mut spins);
-                continue;
-            }
+            let before = self.read_begin(bucket, &mut spins);
             let value = read();
-            // Acquire fence: pairs with the writer's Release fence after it
-            // made `seq` odd (see the module comment).
-            fence(Ordering::Acquire);
-            if seq.load(Ordering::Relaxed) == before {
-                return (value, before);
+            if self.read_valid(bucket, before) {
+                return value;
             }
             backoff(&mut spins);
         }
+    }
+
+    /// The bucket's (even) `seq` once no writer is inside it: what a read
+    /// of the bucket is validated against ([`SeqTable::read_valid`]).
+    #[inline(always)]
+    fn read_begin(&self, bucket: usize, spins: &mut u32) -> u64 {
+        let seq = self.seq(bucket);
+        loop {
+            // Acquire: pairs with the Release store that ended the last write.
+            let before = seq.load(Ordering::Acquire);
+            if before & 1 == 0 {
+                return before;
+            }
+            backoff(spins);
+        }
+    }
+
+    /// True when no writer entered the bucket since [`SeqTable::read_begin`]
+    /// returned `before`, so the Relaxed loads made since are one consistent copy.
+    #[inline(always)]
+    fn read_valid(&self, bucket: usize, before: u64) -> bool {
+        // Acquire fence: pairs with the writer's Release fence after it
+        // made `seq` odd (see the module comment).
+        fence(Ordering::Acquire);
+        self.seq(bucket).load(Ordering::Relaxed) == before
     }
 
     fn load_key(&self, bucket: usize, slot: usize) -> [u64; K] {
@@ -225,39 +243,102 @@ impl<const K: usize, const V: usize> SeqTable<K, V> {
         std::array::from_fn(|i| self.words[base + i].load(Ordering::Relaxed))
     }
 
+    /// The slot of `bucket` holding `key`. Slots whose tag byte matches are
+    /// found all at once (a byte-wise compare of the tags word, SWAR), so
+    /// the key words are compared for (almost always) one slot only.
+    #[inline(always)]
     fn find_slot(&self, bucket: usize, tag: u8, key: &[u64; K]) -> Option<usize> {
-        let tags = self.tags(bucket).load(Ordering::Relaxed).to_le_bytes();
-        (0..SLOTS).find(|&slot| {
-            tags[slot] == tag && {
-                let base = self.slot_base(bucket, slot);
-                (0..K).all(|i| self.words[base + i].load(Ordering::Relaxed) == key[i])
+        let tags = self.tags(bucket).load(Ordering::Relaxed);
+        // A zero byte of `diff` is a slot with this tag. `tag` is never 0, so
+        // empty slots never match.
+        let diff = tags ^ (u64::from(tag) * LOW_BITS);
+        let mut candidates = diff.wrapping_sub(LOW_BITS) & !diff & HIGH_BITS;
+        while candidates != 0 {
+            // A borrow can mark a byte above a true zero byte as a zero too,
+            // never one below: the lowest mark is exact, and every mark is
+            // checked against the tag byte before the key is compared.
+            let slot = candidates.trailing_zeros() as usize / 8;
+            candidates &= candidates - 1;
+            if tags.to_le_bytes()[slot] != tag {
+                continue;
             }
-        })
+            let base = self.slot_base(bucket, slot);
+            let words = self.words[base..base + K].iter();
+            if words
+                .zip(key)
+                .all(|(word, &k)| word.load(Ordering::Relaxed) == k)
+            {
+                return Some(slot);
+            }
+        }
+        None
     }
 
-    /// The value stored under `key`, read without blocking any writer: the
-    /// first bucket, then the second (see the module comment for why a miss
-    /// rechecks the first).
+    /// The value stored under `key`, read without blocking any writer.
     pub fn read(&self, location: Location, key: &[u64; K]) -> Option<[u64; V]> {
-        let read_in = |bucket: usize| {
-            move || {
-                self.find_slot(bucket, location.tag, key)
-                    .map(|slot| self.load_value(bucket, slot))
-            }
-        };
+        self.read_with(location, key, |value| value.copy())
+    }
+
+    /// What `project` takes from the value stored under `key`, read without
+    /// blocking any writer: the first bucket, then the second (see the
+    /// module comment for why a miss rechecks the first). `project` loads
+    /// only the words it needs; it may run on torn words of an attempt that
+    /// is then thrown away, so it must not trust them beyond decoding.
+    #[inline(always)]
+    pub fn read_with<T>(
+        &self,
+        location: Location,
+        key: &[u64; K],
+        project: impl Fn(&ValueWords<'_, V>) -> T,
+    ) -> Option<T> {
+        let find_in = |bucket: usize| self.find_projected(bucket, location.tag, key, &project);
         let [first, second] = location.buckets;
         let mut spins = 0;
         loop {
-            let (found, first_seq) = self.read_consistent_at(first, read_in(first));
+            let first_seq = self.read_begin(first, &mut spins);
+            let found = find_in(first);
+            if !self.read_valid(first, first_seq) {
+                backoff(&mut spins);
+                continue;
+            }
             if found.is_some() || second == first {
                 return found;
             }
-            let found = self.read_consistent(second, read_in(second));
+            let found = loop {
+                let second_seq = self.read_begin(second, &mut spins);
+                let found = find_in(second);
+                if self.read_valid(second, second_seq) {
+                    break found;
+                }
+                backoff(&mut spins);
+            };
             // Relaxed: ordered after the second read by its Acquire fence.
             if found.is_some() || self.seq(first).load(Ordering::Relaxed) == first_seq {
                 return found;
             }
             backoff(&mut spins);
+        }
+    }
+
+    /// What `project` takes from the value of `key` in `bucket` (not validated).
+    #[inline(always)]
+    fn find_projected<T>(
+        &self,
+        bucket: usize,
+        tag: u8,
+        key: &[u64; K],
+        project: &impl Fn(&ValueWords<'_, V>) -> T,
+    ) -> Option<T> {
+        let slot = self.find_slot(bucket, tag, key)?;
+        Some(project(&self.value_words(bucket, slot)))
+    }
+
+    /// The value words of a slot, loaded one at a time by whoever reads them.
+    #[inline(always)]
+    fn value_words(&self, bucket: usize, slot: usize) -> ValueWords<'_, V> {
+        let base = self.slot_base(bucket, slot) + K;
+        ValueWords {
+            words: &self.words[base..base + V],
         }
     }
 
@@ -321,6 +402,28 @@ impl<const K: usize, const V: usize> SeqTable<K, V> {
             }
         }
         LockSet { guards }
+    }
+}
+
+/// The value words of one slot, for a reader under the sequence lock
+/// ([`SeqTable::read_with`]): each word is loaded (Relaxed) only when asked for.
+pub(crate) struct ValueWords<'t, const V: usize> {
+    /// Exactly V words.
+    words: &'t [AtomicU64],
+}
+
+impl<const V: usize> ValueWords<'_, V> {
+    /// Value word `index` (0 past the end).
+    #[inline]
+    pub fn get(&self, index: usize) -> u64 {
+        self.words
+            .get(index)
+            .map_or(0, |word| word.load(Ordering::Relaxed))
+    }
+
+    /// All the words.
+    pub fn copy(&self) -> [u64; V] {
+        std::array::from_fn(|i| self.get(i))
     }
 }
 
@@ -485,6 +588,39 @@ mod tests {
                 guard.clear(slot);
             }
             assert_eq!(table.read(location, &key), None);
+        }
+    }
+
+    /// Slots whose tag is the key's, or differs from it in the lowest bit
+    /// (the bytes the tag search can mark falsely), around the key's own
+    /// slot: the key is found where it is, nowhere else, and a key with the
+    /// same tag that is not there is not found.
+    #[test]
+    fn the_tag_search_finds_the_key_among_lookalike_tags() {
+        let table = SeqTable::<1, 1>::with_capacity(SLOTS);
+        let key = [42];
+        // Any tag serves the test; one whose lowest bit can flip to a nonzero tag.
+        let location = Location {
+            buckets: [0, 0],
+            tag: 0x41,
+        };
+        for home in 0..SLOTS {
+            let guard = table.lock(0);
+            for slot in 0..SLOTS {
+                let (tag, slot_key) = match slot {
+                    s if s == home => (location.tag, key),
+                    s if s % 2 == 0 => (location.tag, [1000 + s as u64]),
+                    _ => (location.tag ^ 1, key),
+                };
+                guard.write(slot, tag, &slot_key, &[slot as u64]);
+            }
+            drop(guard);
+            assert_eq!(
+                table.read(location, &key),
+                Some([home as u64]),
+                "home {home}"
+            );
+            assert_eq!(table.read(location, &[999]), None);
         }
     }
 

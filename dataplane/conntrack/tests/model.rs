@@ -24,6 +24,8 @@ enum Op {
         flow: FlowChoice,
         reply: bool,
         flags: u8,
+        /// Through [`Conntrack::track`] instead of [`Conntrack::observe`].
+        track: bool,
     },
     Remove {
         flow: FlowChoice,
@@ -103,7 +105,7 @@ fn op() -> impl Strategy<Value = Op> {
     ];
     prop_oneof![
         3 => (flow_choice(), any::<bool>()).prop_map(|(flow, established)| Op::Insert { flow, established }),
-        5 => (flow_choice(), any::<bool>(), flags).prop_map(|(flow, reply, flags)| Op::Observe { flow, reply, flags }),
+        5 => (flow_choice(), any::<bool>(), flags, any::<bool>()).prop_map(|(flow, reply, flags, track)| Op::Observe { flow, reply, flags, track }),
         1 => (flow_choice(), any::<bool>()).prop_map(|(flow, reply)| Op::Remove { flow, reply }),
         2 => (flow_choice(), any::<bool>()).prop_map(|(flow, reply)| Op::Lookup { flow, reply }),
         2 => prop_oneof![
@@ -212,12 +214,16 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     });
                 }
             }
-            Op::Observe { flow, reply, flags } => {
+            Op::Observe {
+                flow,
+                reply,
+                flags,
+                track,
+            } => {
                 let key = flow.key(reply);
                 let seen = Seen {
                     tcp_flags: if flow.udp { 0 } else { flags },
                 };
-                let result = ct.observe(&key, seen, now);
                 let expected = match model.live_index(&key, now) {
                     None => None,
                     Some(i) => {
@@ -236,7 +242,28 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                         }
                     }
                 };
-                prop_assert_eq!(result, expected, "observe {:?} at {}", key, now);
+                // `track` must do what `observe` does and return the same
+                // fields of the entry.
+                if track {
+                    let result = ct.track(&key, seen, now).map(|t| {
+                        let ids = (t.service_id(), t.backend_id(), t.flags());
+                        (
+                            t.direction(),
+                            t.rewrites(),
+                            t.state(),
+                            ids,
+                            t.last_seen_ns(),
+                        )
+                    });
+                    let expected = expected.map(|e| {
+                        let ids = (e.service_id, e.backend_id, e.flags);
+                        (e.direction, e.rewrites, e.state, ids, e.last_seen_ns)
+                    });
+                    prop_assert_eq!(result, expected, "track {:?} at {}", key, now);
+                } else {
+                    let result = ct.observe(&key, seen, now);
+                    prop_assert_eq!(result, expected, "observe {:?} at {}", key, now);
+                }
             }
             Op::Remove { flow, reply } => {
                 let key = flow.key(reply);

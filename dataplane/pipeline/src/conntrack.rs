@@ -74,15 +74,18 @@ fn flow(
         now_ns,
         ..
     } = *stage;
-    if let Some(entry) = flows.conntrack.observe(key, Seen { tcp_flags }, now_ns) {
-        let backend_gone = entry.flags & flags::SERVICE != 0
-            && entry.direction == Direction::Original
+    if let Some(entry) = flows.conntrack.track(key, Seen { tcp_flags }, now_ns) {
+        let backend_gone = entry.flags() & flags::SERVICE != 0
+            && entry.direction() == Direction::Original
             && tables
                 .services
-                .backend(entry.service_id, entry.backend_id)
+                .backend(entry.service_id(), entry.backend_id())
                 .is_none();
         if !backend_gone {
-            return translate(frame, h, &entry.rewrites);
+            if !entry.has_rewrites() {
+                return Ok(UNTRANSLATED);
+            }
+            return translate(frame, h, &entry.rewrites());
         }
         flows.conntrack.remove_flow(key);
     }

@@ -6,6 +6,8 @@
 //! messages and other protocols have no key and are not tracked (they are
 //! routed as they are, and never translated).
 
+use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
 use sluice_conntrack::FlowKey;
 use sluice_wire::ip_protocol::{ICMP, ICMPV6, SCTP, TCP, UDP};
 use sluice_wire::{icmpv4, icmpv6, ipv4, ipv6, walk_extension_headers, L4};
@@ -43,7 +45,9 @@ pub(crate) fn outer_headers(ipv6: bool, l4: L4) -> Headers {
     }
 }
 
-/// Classifies the (already parsed and checked) packet at `h`.
+/// Classifies the (already parsed and checked) packet at `h`. Inlined into
+/// the conntrack stage so the key is not copied through the enum.
+#[inline]
 pub(crate) fn classify(frame: &[u8], h: &Headers) -> Classified {
     let Some(key) = key_of(frame, h) else {
         return match quoted(frame, h) {
@@ -59,29 +63,59 @@ pub(crate) fn classify(frame: &[u8], h: &Headers) -> Classified {
 }
 
 /// The key of the packet at `h`, if its protocol is tracked and the header
-/// holding its ports is inside the buffer.
+/// holding its ports is inside the buffer. Per packet: both addresses are
+/// read from one slice of the IP header and TCP/UDP/SCTP ports from the
+/// first four bytes of the transport header.
+#[inline]
 fn key_of(buf: &[u8], h: &Headers) -> Option<FlowKey> {
-    let ports_len = match h.protocol {
-        TCP | UDP | SCTP => 4,
-        ICMP | ICMPV6 => {
-            let echo = is_echo(h.protocol, *buf.get(h.l4)?);
-            if !echo {
+    let (src_port, dst_port) = match h.protocol {
+        TCP | UDP | SCTP => {
+            if h.l4 + 4 > h.end {
                 return None;
             }
-            8
+            let ports: &[u8; 4] = buf.get(h.l4..)?.first_chunk()?;
+            (
+                u16::from_be_bytes([ports[0], ports[1]]),
+                u16::from_be_bytes([ports[2], ports[3]]),
+            )
+        }
+        ICMP | ICMPV6 => {
+            if !is_echo(h.protocol, *buf.get(h.l4)?) || h.l4 + 8 > h.end {
+                return None;
+            }
+            (h.port(buf, End::Src)?, h.port(buf, End::Dst)?)
         }
         _ => return None,
     };
-    if h.l4 + ports_len > h.end {
-        return None;
-    }
+    let (src, dst) = addresses(buf, h)?;
     Some(FlowKey {
-        src: h.addr(buf, End::Src)?,
-        dst: h.addr(buf, End::Dst)?,
-        src_port: h.port(buf, End::Src)?,
-        dst_port: h.port(buf, End::Dst)?,
+        src,
+        dst,
+        src_port,
+        dst_port,
         protocol: h.protocol,
     })
+}
+
+/// Source and destination address of the IP header at `h.ip`, read as one slice.
+#[inline]
+fn addresses(buf: &[u8], h: &Headers) -> Option<(IpAddr, IpAddr)> {
+    if h.ipv6 {
+        // Source at offset 8, destination at 24.
+        let a: &[u8; 32] = buf.get(h.ip + 8..)?.first_chunk()?;
+        let (src, dst) = a.split_at(16);
+        Some((
+            IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(src).ok()?)),
+            IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(dst).ok()?)),
+        ))
+    } else {
+        // Source at offset 12, destination at 16.
+        let a: &[u8; 8] = buf.get(h.ip + 12..)?.first_chunk()?;
+        Some((
+            IpAddr::V4(Ipv4Addr::new(a[0], a[1], a[2], a[3])),
+            IpAddr::V4(Ipv4Addr::new(a[4], a[5], a[6], a[7])),
+        ))
+    }
 }
 
 fn is_echo(protocol: u8, msg_type: u8) -> bool {
@@ -168,7 +202,6 @@ fn quoted(frame: &[u8], h: &Headers) -> Option<QuotedPacket> {
 mod tests {
     use super::*;
     use crate::fixtures::{icmp, ipv6_simple, tcp, udp, V4};
-    use core::net::{Ipv4Addr, Ipv6Addr};
 
     fn v4_headers(p: &[u8], protocol: u8) -> Headers {
         Headers {
