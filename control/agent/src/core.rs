@@ -7,12 +7,14 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use sluice_api::changes::same_state;
+use sluice_tables::NodeState;
 use tokio::sync::watch;
 
 use crate::attachments::Attachments;
 use crate::desired::{self, Desired, NodeConfig};
 use crate::identity::IdentityAllocator;
 use crate::lb_ids::LbIds;
+use crate::services::CompileCache;
 use crate::store::StoreHandle;
 
 /// One computed desired state and its generation number.
@@ -32,6 +34,30 @@ pub struct EngineView {
     pub refusal: Option<String>,
 }
 
+/// Whether the engine would see `a` and `b` as different states, as
+/// [`same_state`] decides (order does not matter), without diffing every
+/// service when one of them changed: the compiler keeps services in a stable
+/// order and ids are unique, so a difference between two services with the
+/// same id at the same position is a change the engine sees. Anything else
+/// goes through the full comparison.
+fn engine_state_changed(a: &NodeState, b: &NodeState) -> bool {
+    let first_difference = a.services.iter().zip(&b.services).find(|(x, y)| x != y);
+    match first_difference {
+        Some((x, y)) if x.id == y.id => true,
+        None if a.services.len() == b.services.len()
+            && a.gateway == b.gateway
+            && a.mtu == b.mtu
+            && a.uplink == b.uplink
+            && a.lb == b.lb
+            && a.endpoints == b.endpoints
+            && a.ipcache == b.ipcache =>
+        {
+            false
+        }
+        _ => !same_state(a, b),
+    }
+}
+
 #[derive(Debug)]
 pub struct AgentCore {
     pub config: NodeConfig,
@@ -40,6 +66,8 @@ pub struct AgentCore {
     attachments: Mutex<Attachments>,
     identities: Mutex<IdentityAllocator>,
     lb_ids: Mutex<LbIds>,
+    /// Each Service's compilation, reused while its objects are unchanged.
+    services: Mutex<CompileCache>,
     desired: watch::Sender<Generation>,
     engine: watch::Sender<EngineView>,
 }
@@ -71,6 +99,7 @@ impl AgentCore {
             attachments: Mutex::new(attachments),
             identities: Mutex::new(identities),
             lb_ids: Mutex::new(lb_ids),
+            services: Mutex::new(CompileCache::default()),
             desired: watch::Sender::new(Generation {
                 number: 0,
                 desired: Arc::new(first),
@@ -91,7 +120,15 @@ impl AgentCore {
             let attachments = lock(&self.attachments);
             let mut ids = lock(&self.identities);
             let mut lb_ids = lock(&self.lb_ids);
-            match desired::resolve(&store, &attachments, &self.config, &mut ids, &mut lb_ids) {
+            let mut cache = lock(&self.services);
+            match desired::resolve_cached(
+                &store,
+                &attachments,
+                &self.config,
+                &mut ids,
+                &mut lb_ids,
+                &mut cache,
+            ) {
                 Ok(d) => d,
                 Err(e) => {
                     tracing::error!("{e}");
@@ -103,7 +140,7 @@ impl AgentCore {
         self.desired.send_if_modified(|current| {
             // One diff decides both; the listings are compared only when
             // the engine's state is the same.
-            let engine_changed = !same_state(&current.desired.state, &next.state);
+            let engine_changed = engine_state_changed(&current.desired.state, &next.state);
             let changed = engine_changed || *current.desired != next;
             if changed {
                 if engine_changed || current.number == 0 {
@@ -155,5 +192,82 @@ impl AgentCore {
         )
         .await;
         matches!(result, Ok(Ok(_)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_tables::{
+        Backend, BackendState, Gateway, IpCacheEntry, L4Protocol, LbAlgorithm, LbConfig, MacAddr,
+        Service,
+    };
+
+    fn service(id: u32, backend: &str) -> Service {
+        Service {
+            id,
+            name: format!("default/s{id}"),
+            port_name: String::new(),
+            protocol: L4Protocol::Tcp,
+            frontends: Vec::new(),
+            backends: vec![Backend {
+                id: id * 10,
+                addr: backend.parse().unwrap(),
+                port: 80,
+                state: BackendState::Ready,
+                local: false,
+            }],
+            algorithm: LbAlgorithm::Random,
+            affinity_timeout_s: None,
+            external_traffic_local: false,
+            internal_traffic_local: false,
+            source_ranges: Vec::new(),
+        }
+    }
+
+    fn state(services: Vec<Service>) -> NodeState {
+        NodeState {
+            gateway: Gateway {
+                mac: MacAddr([2, 0, 0, 0, 0, 1]),
+                ipv4: "10.200.0.1".parse().unwrap(),
+                ipv6: "fe80::1".parse().unwrap(),
+            },
+            endpoints: Vec::new(),
+            mtu: 1500,
+            uplink: None,
+            ipcache: Vec::new(),
+            services,
+            lb: LbConfig::default(),
+        }
+    }
+
+    /// The shortcut agrees with the full comparison: a changed service, the
+    /// same services in another order, one more service, another ipcache.
+    #[test]
+    fn engine_state_changed_agrees_with_same_state() {
+        let a = state(vec![service(1, "10.0.0.1"), service(2, "10.0.0.2")]);
+        let cases = [
+            state(vec![service(1, "10.0.0.1"), service(2, "10.0.0.2")]),
+            state(vec![service(1, "10.0.0.1"), service(2, "10.0.0.9")]),
+            state(vec![service(2, "10.0.0.2"), service(1, "10.0.0.1")]),
+            state(vec![service(1, "10.0.0.1")]),
+            state(vec![
+                service(1, "10.0.0.1"),
+                service(2, "10.0.0.2"),
+                service(3, "10.0.0.3"),
+            ]),
+            NodeState {
+                ipcache: vec![IpCacheEntry {
+                    ip: "10.200.0.5".parse().unwrap(),
+                    identity: 5,
+                }],
+                ..a.clone()
+            },
+        ];
+        let changed: Vec<bool> = cases.iter().map(|b| engine_state_changed(&a, b)).collect();
+        assert_eq!(changed, [false, true, false, true, true, true]);
+        for b in &cases {
+            assert_eq!(engine_state_changed(&a, b), !same_state(&a, b), "{b:?}");
+        }
     }
 }

@@ -24,7 +24,7 @@ use crate::ipam::{gateway_ipv4, GATEWAY_IPV6};
 use crate::labels::{pod_identity_labels, LabelSet};
 use crate::lb_ids::{LbIds, LbIdsExhausted};
 use crate::objects::{Kind, Object};
-use crate::services::{self, Compiled, NodeView, ServiceConfig};
+use crate::services::{self, CompileCache, Compiled, NodeView, ServiceConfig};
 use crate::store::Store;
 
 /// This node's settings that do not come from the cluster.
@@ -167,14 +167,25 @@ pub enum ResolveError {
 
 /// The services of the store as this node serves them, unnumbered.
 pub fn compile_services(store: &Store, config: &NodeConfig) -> Compiled {
+    compile_services_cached(store, config, &mut CompileCache::default())
+}
+
+/// [`compile_services`], compiling again only the Services whose objects
+/// changed since `cache` last saw them.
+pub fn compile_services_cached(
+    store: &Store,
+    config: &NodeConfig,
+    cache: &mut CompileCache,
+) -> Compiled {
     let addrs = config.uplink.as_ref().map_or(&[][..], |u| &u.addrs[..]);
-    services::compile(
+    services::compile_cached(
         store,
         NodeView {
             node_name: &config.node_name,
             addrs,
             config: &config.services,
         },
+        cache,
     )
 }
 
@@ -187,6 +198,20 @@ pub fn resolve(
     config: &NodeConfig,
     ids: &mut IdentityAllocator,
     lb_ids: &mut LbIds,
+) -> Result<Desired, ResolveError> {
+    let mut cache = CompileCache::default();
+    resolve_cached(store, attachments, config, ids, lb_ids, &mut cache)
+}
+
+/// [`resolve`] with the Services compiled through `cache` (the agent keeps
+/// one across generations; the result is the same).
+pub fn resolve_cached(
+    store: &Store,
+    attachments: &Attachments,
+    config: &NodeConfig,
+    ids: &mut IdentityAllocator,
+    lb_ids: &mut LbIds,
+    cache: &mut CompileCache,
 ) -> Result<Desired, ResolveError> {
     let needed = needed_label_sets(store, attachments, config);
     // New label sets first: a relabelled pod gets a new number, rather than
@@ -206,7 +231,7 @@ pub fn resolve(
             tracing::error!("saving identities: {e:#}");
         }
     }
-    let compiled = compile_services(store, config);
+    let compiled = compile_services_cached(store, config, cache);
     let mut lb_changed = lb_ids.assign(&compiled.drafts)?;
     // Same rule as identities: a restarted agent's store fills up gradually.
     if store.all_synced() {

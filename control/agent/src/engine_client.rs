@@ -13,11 +13,11 @@ use sluice_api::engine::{
     version_mismatch, AgentToEngine, EngineToAgent, Outcome, ENGINE_PROTOCOL_VERSION,
 };
 use sluice_api::{diff_states, MAX_MESSAGE_BYTES};
-use sluice_tables::NodeState;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
 use crate::core::AgentCore;
+use crate::desired::Desired;
 
 const RETRY: Duration = Duration::from_millis(300);
 /// How long one ack may take (attaching many interfaces takes a while).
@@ -124,15 +124,16 @@ async fn session(core: &AgentCore, socket: &PathBuf, agent_name: &str) -> anyhow
     });
 
     let mut desired = core.subscribe_desired();
-    // What the engine runs on, as far as this connection knows.
-    let mut engine_state: Option<(u64, NodeState)> = None;
+    // What the engine runs on, as far as this connection knows (the
+    // generation's shared value: nothing is copied per ack).
+    let mut engine_state: Option<(u64, Arc<Desired>)> = None;
     loop {
         let current = desired.borrow_and_update().clone();
         let message = match &engine_state {
             Some((base, state)) if *base < current.number => Some(AgentToEngine::Delta {
                 generation: current.number,
                 base: *base,
-                changes: diff_states(state, &current.desired.state),
+                changes: diff_states(&state.state, &current.desired.state),
             }),
             Some(_) => None,
             None => Some(AgentToEngine::Snapshot {
@@ -149,7 +150,7 @@ async fn session(core: &AgentCore, socket: &PathBuf, agent_name: &str) -> anyhow
                     outcome,
                 } if generation == current.number => match outcome {
                     Outcome::Applied => {
-                        engine_state = Some((generation, current.desired.state.clone()));
+                        engine_state = Some((generation, current.desired.clone()));
                         core.update_engine(|v| {
                             v.acked_generation = generation;
                             v.refusal = None;

@@ -18,15 +18,27 @@ pub fn load<T: DeserializeOwned + Default>(path: &Path) -> anyhow::Result<T> {
     }
 }
 
-/// Replaces `path` atomically with `value` as JSON.
+/// Replaces `path` atomically with `value` as indented JSON.
 pub fn store<T: Serialize>(path: &Path, value: &T) -> anyhow::Result<()> {
+    write_atomically(
+        path,
+        &serde_json::to_vec_pretty(value).context("encode state")?,
+    )
+}
+
+/// Replaces `path` atomically with `value` as JSON on one line: for large
+/// files rewritten often (the LB ids), where indentation doubles the size.
+pub fn store_compact<T: Serialize>(path: &Path, value: &T) -> anyhow::Result<()> {
+    write_atomically(path, &serde_json::to_vec(value).context("encode state")?)
+}
+
+fn write_atomically(path: &Path, text: &[u8]) -> anyhow::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
     let tmp = path.with_extension("tmp");
-    let text = serde_json::to_vec_pretty(value).context("encode state")?;
     let mut file =
         std::fs::File::create(&tmp).with_context(|| format!("create {}", tmp.display()))?;
-    file.write_all(&text)
+    file.write_all(text)
         .and_then(|_| file.sync_all())
         .with_context(|| format!("write {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("replace {}", path.display()))?;

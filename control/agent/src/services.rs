@@ -15,18 +15,19 @@
 //! skipped and the others are compiled. Two services on one frontend would make
 //! the engine refuse the whole state, so the later one loses that frontend.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 
+use foldhash::{HashMap, HashMapExt};
 use k8s_openapi::api::core::v1::{Pod, Service as K8sService, ServicePort};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use sluice_tables::{
     Backend, BackendState, Cidr, Frontend, FrontendKind, L4Protocol, LbAlgorithm, Service,
 };
 
 use crate::lb_ids::ServiceDraft;
-use crate::objects::{Kind, Object};
+use crate::objects::{Kind, Object, ObjectKey};
 use crate::store::Store;
 
 /// Services with this label belong to another proxy (kube-proxy skips them too).
@@ -101,19 +102,20 @@ fn port_u16(value: i32) -> Option<u16> {
     u16::try_from(value).ok().filter(|p| *p != 0)
 }
 
-/// Objects the compiler reads, indexed once per compilation.
+/// Objects the compiler reads, indexed once per compilation; the store's
+/// shared values, so the cache can tell whether they are the same as before.
 struct Index<'a> {
     /// (namespace, service name) -> its EndpointSlices.
-    slices: HashMap<(&'a str, &'a str), Vec<&'a EndpointSlice>>,
+    slices: HashMap<(&'a str, &'a str), Vec<&'a Arc<Object>>>,
     /// namespace -> its Pods (for selector-derived endpoints).
-    pods: HashMap<&'a str, Vec<&'a Pod>>,
+    pods: HashMap<&'a str, Vec<&'a Arc<Object>>>,
 }
 
 impl<'a> Index<'a> {
     fn build(store: &'a Store) -> Index<'a> {
-        let mut slices: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
-        for object in store.of_kind(Kind::EndpointSlice) {
-            let Object::EndpointSlice(slice) = object else {
+        let mut slices: HashMap<(&str, &str), Vec<&Arc<Object>>> = HashMap::new();
+        for (_, shared) in store.of_kind_shared(Kind::EndpointSlice) {
+            let Object::EndpointSlice(slice) = &**shared else {
                 continue;
             };
             let ns = slice.metadata.namespace.as_deref().unwrap_or("default");
@@ -126,29 +128,135 @@ impl<'a> Index<'a> {
                 slices
                     .entry((ns, service.as_str()))
                     .or_default()
-                    .push(slice);
+                    .push(shared);
             }
         }
-        let mut pods: HashMap<&str, Vec<&Pod>> = HashMap::new();
-        for object in store.of_kind(Kind::Pod) {
-            let Object::Pod(pod) = object else { continue };
+        let mut pods: HashMap<&str, Vec<&Arc<Object>>> = HashMap::new();
+        for (_, shared) in store.of_kind_shared(Kind::Pod) {
+            let Object::Pod(pod) = &**shared else {
+                continue;
+            };
             let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
-            pods.entry(ns).or_default().push(pod);
+            pods.entry(ns).or_default().push(shared);
         }
         Index { slices, pods }
     }
 }
 
+/// What one Service compiled to, and the objects it was compiled from.
+#[derive(Debug)]
+struct CachedService {
+    service: Arc<Object>,
+    /// Its EndpointSlices, in store order.
+    slices: Vec<Arc<Object>>,
+    /// Whether its backends came from the Pods of its namespace (a selector
+    /// and no EndpointSlice): then any change there compiles it again.
+    reads_pods: bool,
+    /// The compilation number that last used it (older entries are dropped).
+    used: u64,
+    compiled: Compiled,
+}
+
+/// The node settings a compilation depended on: a change compiles everything.
+#[derive(Debug, PartialEq, Eq)]
+struct NodeKey {
+    node_name: String,
+    addrs: Vec<IpAddr>,
+    config: ServiceConfig,
+}
+
+/// Each Service's compiled drafts and errors, reused while the Service, its
+/// EndpointSlices and (for selector-derived endpoints) its namespace's Pods
+/// are the same shared objects as last time. The store replaces an object
+/// rather than changing it, so the same `Arc` means the same content; one
+/// EndpointSlice edit then compiles one Service instead of all of them.
+#[derive(Debug, Default)]
+pub struct CompileCache {
+    node: Option<NodeKey>,
+    services: HashMap<ObjectKey, CachedService>,
+    /// namespace -> its Pods at the last compilation.
+    pods: HashMap<String, Vec<Arc<Object>>>,
+    compilations: u64,
+}
+
+fn same_objects(a: &[Arc<Object>], b: &[&Arc<Object>]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| Arc::ptr_eq(x, y))
+}
+
 /// Compiles every Service and hostPort of the store.
 pub fn compile(store: &Store, node: NodeView<'_>) -> Compiled {
+    compile_cached(store, node, &mut CompileCache::default())
+}
+
+/// [`compile`], reusing what `cache` holds of unchanged Services (the result
+/// is the same as without a cache).
+pub fn compile_cached(store: &Store, node: NodeView<'_>, cache: &mut CompileCache) -> Compiled {
     let index = Index::build(store);
+    let node_key = NodeKey {
+        node_name: node.node_name.to_string(),
+        addrs: node.addrs.to_vec(),
+        config: node.config.clone(),
+    };
+    if cache.node.as_ref() != Some(&node_key) {
+        cache.services.clear();
+        cache.node = Some(node_key);
+    }
+    cache.compilations += 1;
+    let compilation = cache.compilations;
+    // Namespaces whose Pods are the same objects as at the last compilation.
+    let mut pods_unchanged: HashMap<&str, bool> = HashMap::new();
+    let previous_pods = &cache.pods;
     let mut out = Compiled::default();
-    for object in store.of_kind(Kind::Service) {
-        let Object::Service(svc) = object else {
+    for (key, shared) in store.of_kind_shared(Kind::Service) {
+        let Object::Service(svc) = &**shared else {
             continue;
         };
-        compile_service(svc, &index, node, &mut out);
+        let ns = svc.metadata.namespace.as_deref().unwrap_or("default");
+        let name = svc.metadata.name.as_deref().unwrap_or_default();
+        let slices = index.slices.get(&(ns, name)).map_or(&[][..], Vec::as_slice);
+        let reusable = cache.services.get_mut(key).filter(|c| {
+            Arc::ptr_eq(&c.service, shared)
+                && same_objects(&c.slices, slices)
+                && (!c.reads_pods
+                    || *pods_unchanged.entry(ns).or_insert_with(|| {
+                        let now = index.pods.get(ns).map_or(&[][..], Vec::as_slice);
+                        previous_pods
+                            .get(ns)
+                            .map_or(now.is_empty(), |before| same_objects(before, now))
+                    }))
+        });
+        if let Some(cached) = reusable {
+            cached.used = compilation;
+            out.drafts.extend_from_slice(&cached.compiled.drafts);
+            out.errors.extend_from_slice(&cached.compiled.errors);
+            continue;
+        }
+        let mut compiled = Compiled::default();
+        compile_service(svc, &index, node, &mut compiled);
+        out.drafts.extend_from_slice(&compiled.drafts);
+        out.errors.extend_from_slice(&compiled.errors);
+        let has_selector = svc
+            .spec
+            .as_ref()
+            .and_then(|s| s.selector.as_ref())
+            .is_some_and(|s| !s.is_empty());
+        cache.services.insert(
+            key.clone(),
+            CachedService {
+                service: shared.clone(),
+                slices: slices.iter().map(|s| (*s).clone()).collect(),
+                reads_pods: slices.is_empty() && has_selector,
+                used: compilation,
+                compiled,
+            },
+        );
     }
+    cache.services.retain(|_, c| c.used == compilation);
+    cache.pods = index
+        .pods
+        .iter()
+        .map(|(ns, pods)| (ns.to_string(), pods.iter().map(|p| (*p).clone()).collect()))
+        .collect();
     for object in store.of_kind(Kind::Pod) {
         let Object::Pod(pod) = object else { continue };
         compile_host_ports(pod, node, &mut out);
@@ -159,34 +267,49 @@ pub fn compile(store: &Store, node: NodeView<'_>) -> Compiled {
     out
 }
 
+/// How errors name a service port.
+fn draft_name(draft: &ServiceDraft) -> String {
+    let s = &draft.service;
+    match (draft.key.starts_with("hostport "), s.port_name.is_empty()) {
+        (true, _) => format!("Pod {} {}", s.name, s.port_name),
+        (false, true) => format!("Service {}", s.name),
+        (false, false) => format!("Service {} port {}", s.name, s.port_name),
+    }
+}
+
 /// Keeps the first owner of every (address, port, protocol); later ones lose
 /// that frontend, and a service port left without any is not served.
 fn drop_frontend_conflicts(out: &mut Compiled) {
-    let mut owners: HashMap<(IpAddr, u16, L4Protocol), String> = HashMap::new();
+    // Frontend -> the index of the draft that owns it (names are only built
+    // for an error).
+    let mut owners: HashMap<(IpAddr, u16, L4Protocol), usize> = HashMap::new();
     let errors = &mut out.errors;
-    for draft in &mut out.drafts {
-        let s = &mut draft.service;
-        let name = match (draft.key.starts_with("hostport "), s.port_name.is_empty()) {
-            (true, _) => format!("Pod {} {}", s.name, s.port_name),
-            (false, true) => format!("Service {}", s.name),
-            (false, false) => format!("Service {} port {}", s.name, s.port_name),
-        };
-        s.frontends
-            .retain(|f| match owners.get(&(f.addr, f.port, s.protocol)) {
-                Some(owner) => {
-                    errors.push(format!(
-                        "{name}: frontend {} {}/{} is already used by {owner}; ignored",
-                        kind_name(f.kind),
-                        std::net::SocketAddr::new(f.addr, f.port),
-                        protocol_name(s.protocol)
-                    ));
-                    false
-                }
-                None => {
-                    owners.insert((f.addr, f.port, s.protocol), name.clone());
-                    true
-                }
-            });
+    for index in 0..out.drafts.len() {
+        let (earlier, rest) = out.drafts.split_at_mut(index);
+        let Some(draft) = rest.first_mut() else { break };
+        let protocol = draft.service.protocol;
+        let mut frontends = std::mem::take(&mut draft.service.frontends);
+        frontends.retain(|f| match owners.get(&(f.addr, f.port, protocol)) {
+            Some(&owner) => {
+                errors.push(format!(
+                    "{}: frontend {} {}/{} is already used by {}; ignored",
+                    draft_name(draft),
+                    kind_name(f.kind),
+                    std::net::SocketAddr::new(f.addr, f.port),
+                    protocol_name(protocol),
+                    match earlier.get(owner) {
+                        Some(other) => draft_name(other),
+                        None => draft_name(draft), // a frontend listed twice
+                    }
+                ));
+                false
+            }
+            None => {
+                owners.insert((f.addr, f.port, protocol), index);
+                true
+            }
+        });
+        draft.service.frontends = frontends;
     }
     out.drafts.retain(|d| !d.service.frontends.is_empty());
 }
@@ -416,7 +539,7 @@ fn compile_service(svc: &K8sService, index: &Index<'_>, node: NodeView<'_>, out:
     let families: Vec<IpAddr> = cluster_ips.clone();
     let serves_family =
         |ip: IpAddr| families.is_empty() || families.iter().any(|f| same_family(*f, ip));
-    let slices = index.slices.get(&(ns, name));
+    let slices = index.slices.get(&(ns, name)).map(Vec::as_slice);
     let selector = spec.selector.as_ref().filter(|s| !s.is_empty());
     let mut seen = BTreeSet::new();
 
@@ -539,13 +662,16 @@ fn slice_state(
 }
 
 fn slice_backends(
-    slices: &[&EndpointSlice],
+    slices: &[&Arc<Object>],
     port_name: &str,
     protocol: L4Protocol,
     node_name: &str,
 ) -> Vec<Backend> {
     let mut backends = BTreeMap::new();
     for slice in slices {
+        let Object::EndpointSlice(slice) = &***slice else {
+            continue;
+        };
         if !matches!(slice.address_type.as_str(), "IPv4" | "IPv6") {
             continue; // FQDN slices carry no addresses to balance to
         }
@@ -642,7 +768,7 @@ fn target_port_on(pod: &Pod, port: &ServicePort, protocol: L4Protocol) -> Option
 /// the EndpointSlice controller does: selected pods with addresses, ready from
 /// the Ready condition, terminating from deletionTimestamp.
 fn selected_pod_backends(
-    pods: &[&Pod],
+    pods: &[&Arc<Object>],
     selector: &BTreeMap<String, String>,
     port: &ServicePort,
     protocol: L4Protocol,
@@ -650,6 +776,7 @@ fn selected_pod_backends(
 ) -> Vec<Backend> {
     let mut backends = BTreeMap::new();
     for pod in pods {
+        let Object::Pod(pod) = &***pod else { continue };
         let labels = pod.metadata.labels.as_ref();
         let selected = selector
             .iter()

@@ -48,6 +48,21 @@ impl Store {
             .map(|(_, o)| &**o)
     }
 
+    /// Objects of one kind in key order, with their keys and as the shared
+    /// values the store holds (callers that cache per object compare these
+    /// with [`Arc::ptr_eq`]: an object is replaced, never changed in place).
+    pub fn of_kind_shared(&self, kind: Kind) -> impl Iterator<Item = (&ObjectKey, &Arc<Object>)> {
+        self.objects
+            .range(
+                ObjectKey {
+                    kind,
+                    namespace: String::new(),
+                    name: String::new(),
+                }..,
+            )
+            .take_while(move |(k, _)| k.kind == kind)
+    }
+
     pub fn len(&self) -> usize {
         self.objects.len()
     }
@@ -106,6 +121,20 @@ impl Store {
             self.upsert(object);
         }
         self.synced.insert(kind);
+    }
+
+    /// Applies a source's changes: each key's new object, or `None` to remove it.
+    pub fn apply(&mut self, changes: Vec<(ObjectKey, Option<Arc<Object>>)>) {
+        for (key, object) in changes {
+            match object {
+                Some(object) => {
+                    self.objects.insert(key, object);
+                }
+                None => {
+                    self.objects.remove(&key);
+                }
+            }
+        }
     }
 
     /// Replaces every object of every kind (a source that always delivers the

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use sluice_agent::objects::{Kind, Object};
-use sluice_agent::source::manifests::{ManifestLoader, ManifestSource};
+use sluice_agent::source::manifests::{ManifestLoader, ManifestSource, Reload};
 use sluice_agent::source::Source;
 use sluice_agent::store::{Store, StoreHandle};
 
@@ -164,6 +164,106 @@ fn unchanged_files_keep_their_errors_and_last_good_objects_across_loads() {
     let store = load(&mut loader, &dir);
     assert_eq!(app_of(&store, "one").as_deref(), Some("v5"));
     assert!(store.errors().is_empty(), "{:?}", store.errors());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Every object of `store` by key, for comparing two stores.
+fn objects_of(store: &Store) -> Vec<(String, Object)> {
+    Kind::ALL
+        .iter()
+        .flat_map(|&kind| store.of_kind_shared(kind))
+        .map(|(key, object)| (key.to_string(), (**object).clone()))
+        .collect()
+}
+
+fn shared_pod(store: &Store, name: &str) -> std::sync::Arc<Object> {
+    store
+        .of_kind_shared(Kind::Pod)
+        .find(|(key, _)| key.name == name)
+        .map(|(_, object)| object.clone())
+        .unwrap()
+}
+
+/// Re-reads passed on as changes only give the store what a full load of the
+/// same history gives, and fall back to a full load where changes alone
+/// cannot say it (errors, duplicates, files added or removed).
+#[test]
+fn changes_only_reloads_give_what_full_loads_give() {
+    let dir = temp_dir("changes");
+    let mut full = ManifestLoader::default();
+    let mut incremental = ManifestLoader::default();
+    let mut store = Store::default();
+    // Applies one directory state both ways; whether it came as changes.
+    let mut step = |store: &mut Store, what: &str| -> bool {
+        let expected = load(&mut full, &dir);
+        let as_changes = match incremental.load_changes(&dir).unwrap() {
+            Reload::Changes(changes) => {
+                store.apply(changes);
+                true
+            }
+            Reload::Full(loaded) => {
+                store.replace_all(loaded.objects);
+                store.set_errors("m", loaded.errors);
+                false
+            }
+        };
+        assert_eq!(objects_of(store), objects_of(&expected), "{what}");
+        assert_eq!(store.errors(), expected.errors(), "{what}");
+        as_changes
+    };
+    let write = |file: &str, text: String| std::fs::write(dir.join(file), text).unwrap();
+
+    write(
+        "a.yaml",
+        format!("{}---\n{}", pod("one", "v1"), pod("two", "v1")),
+    );
+    write("b.yaml", pod("three", "v1"));
+    assert!(!step(&mut store, "first load"));
+    let one = shared_pod(&store, "one");
+    write(
+        "a.yaml",
+        format!("{}---\n{}", pod("one", "v1"), pod("two", "v2")),
+    );
+    assert!(step(&mut store, "edit of two"));
+    // "one" reads the same: it keeps its shared value.
+    assert!(std::sync::Arc::ptr_eq(&one, &shared_pod(&store, "one")));
+    write(
+        "a.yaml",
+        format!("{}---\n{}", pod("one", "v1"), pod("five", "v1")),
+    );
+    assert!(step(&mut store, "two replaced by five"));
+    assert!(step(&mut store, "nothing changed"));
+    write(
+        "b.yaml",
+        format!("{}---\n{}", pod("three", "v1"), pod("one", "dup")),
+    );
+    assert!(!step(&mut store, "duplicate of one"));
+    write("b.yaml", pod("three", "v2"));
+    assert!(!step(&mut store, "duplicate gone"));
+    write("b.yaml", pod("three", "v3"));
+    assert!(step(&mut store, "edit after a clean load"));
+    write(
+        "a.yaml",
+        pod("one", "v1").replace(
+            "image: busybox",
+            "image: busybox, ports: [{containerPort: x}]",
+        ),
+    );
+    assert!(!step(&mut store, "bad document"));
+    write("a.yaml", pod("one", "v6"));
+    assert!(!step(&mut store, "fixed"));
+    write(
+        "a.yaml",
+        format!("{}---\n{}", pod("one", "v6"), pod("three", "moved")),
+    );
+    write("b.yaml", pod("seven", "v1"));
+    assert!(!step(&mut store, "three moves to a.yaml"));
+    write("c.yaml", pod("eight", "v1"));
+    assert!(!step(&mut store, "file added"));
+    std::fs::remove_file(dir.join("c.yaml")).unwrap();
+    assert!(!step(&mut store, "file removed"));
+    write("b.yaml", pod("seven", "v2"));
+    assert!(step(&mut store, "edit after the files settled"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -9,12 +9,13 @@
 //! fine from that file before, its last good version stays in effect, so a
 //! bad edit never half-removes anything.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use foldhash::{HashMap, HashMapExt};
 use notify::Watcher;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -27,6 +28,23 @@ use crate::store::StoreHandle;
 const SETTLE: Duration = Duration::from_millis(100);
 /// Rescan period when no event arrives (covers missed inotify events).
 const RESCAN: Duration = Duration::from_secs(5);
+
+/// What one object key became in a re-read: the new object, or `None` when it
+/// is gone.
+pub type ObjectChange = (ObjectKey, Option<Arc<Object>>);
+
+/// The result of re-reading the directory, as [`ManifestLoader::load_changes`]
+/// gives it.
+#[derive(Debug)]
+pub enum Reload {
+    /// Every object in effect, and the errors (after a load with errors,
+    /// files added or removed, a duplicate: whatever the fast path does not
+    /// cover).
+    Full(Loaded),
+    /// The objects that changed since the previous load; no file has an
+    /// error now or had one then.
+    Changes(Vec<ObjectChange>),
+}
 
 /// The result of reading the directory once.
 #[derive(Debug, Default)]
@@ -139,7 +157,20 @@ impl FileState {
             }
         };
         let previous = self.objects_in_effect();
-        let items = FileState::parse(text.clone().unwrap_or_default());
+        let mut items = FileState::parse(text.clone().unwrap_or_default());
+        // An object that reads the same as before keeps its shared value, so
+        // whoever caches per object (the service compiler) sees it unchanged.
+        for item in &mut items {
+            if let ParsedItem::Decoded {
+                object: Ok((key, object)),
+                ..
+            } = item
+            {
+                if let Some(old) = previous.get(key).filter(|old| **old == *object) {
+                    *object = old.clone();
+                }
+            }
+        }
         *self = FileState {
             text,
             items,
@@ -163,11 +194,20 @@ fn keep_last_good<'a>(state: &'a FileState, good: &mut BTreeMap<&'a ObjectKey, &
     }
 }
 
+/// The directory's files as just read: paths (sorted), their states, and
+/// whether each could be read.
+type Refreshed = (Vec<PathBuf>, Vec<FileState>, Vec<Result<(), String>>);
+
 /// Remembers, per file, its decoded documents (parsed again only when the
 /// file's text changes) and the last good version of each of its objects.
 #[derive(Debug, Default)]
 pub struct ManifestLoader {
     files: HashMap<PathBuf, FileState>,
+    /// The files of the last load, sorted.
+    paths: Vec<PathBuf>,
+    /// After a load without any error: every object's file (an index into
+    /// `paths`), so a re-read can pass on only what changed.
+    owners: Option<HashMap<ObjectKey, usize>>,
 }
 
 fn object_label(doc: &Value) -> String {
@@ -285,21 +325,130 @@ impl ManifestLoader {
     /// Reads every manifest in `dir` once; only files whose text changed
     /// since the last call are parsed again.
     pub fn load(&mut self, dir: &Path) -> anyhow::Result<Loaded> {
+        let (paths, states, reads) = self.refresh(dir)?;
+        Ok(self.assemble(paths, states, reads))
+    }
+
+    /// [`ManifestLoader::load`], answering with only the objects that changed
+    /// when the directory had no error before and has none now and holds the
+    /// same files: an edit of one file then costs that file, not the
+    /// directory.
+    pub fn load_changes(&mut self, dir: &Path) -> anyhow::Result<Reload> {
+        let (paths, mut states, reads) = self.refresh(dir)?;
+        match self.changes(&paths, &mut states, &reads) {
+            Some(changes) => {
+                for (path, state) in paths.into_iter().zip(states) {
+                    self.files.insert(path, state);
+                }
+                Ok(Reload::Changes(changes))
+            }
+            None => Ok(Reload::Full(self.assemble(paths, states, reads))),
+        }
+    }
+
+    /// Reads every file, parsing those whose text changed. Files gone from
+    /// the directory are forgotten with their objects.
+    fn refresh(&mut self, dir: &Path) -> anyhow::Result<Refreshed> {
         let paths = manifest_files(dir)?;
-        // Files gone from the directory are forgotten with their objects.
         let mut states: Vec<FileState> = paths
             .iter()
             .map(|p| self.files.remove(p).unwrap_or_default())
             .collect();
         self.files.clear();
-        let reads: Vec<Result<(), String>> = paths
-            .iter()
-            .zip(&mut states)
-            .map(|(path, state)| {
-                state.refresh(std::fs::read_to_string(path).map_err(|e| e.to_string()))
-            })
-            .collect();
+        // Files are read and parsed on every core: the first load of a large
+        // directory is mostly YAML parsing.
+        let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let chunk = paths.len().div_ceil(workers).max(1);
+        let reads: Vec<Result<(), String>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = paths
+                .chunks(chunk)
+                .zip(states.chunks_mut(chunk))
+                .map(|(paths, states)| {
+                    scope.spawn(move || {
+                        paths
+                            .iter()
+                            .zip(states)
+                            .map(|(path, state)| {
+                                state.refresh(
+                                    std::fs::read_to_string(path).map_err(|e| e.to_string()),
+                                )
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+                .collect()
+        });
+        Ok((paths, states, reads))
+    }
 
+    /// The objects that changed, when the last load and this one are free of
+    /// errors and duplicates over the same files; `None` otherwise (then the
+    /// whole directory is assembled again).
+    fn changes(
+        &mut self,
+        paths: &[PathBuf],
+        states: &mut [FileState],
+        reads: &[Result<(), String>],
+    ) -> Option<Vec<ObjectChange>> {
+        let owners = self.owners.as_mut()?;
+        if paths != self.paths.as_slice() || reads.iter().any(Result::is_err) {
+            return None;
+        }
+        // Check every re-parsed file before changing anything.
+        for (index, state) in states.iter().enumerate() {
+            if state.previous.is_none() {
+                continue; // not re-parsed
+            }
+            let mut keys = HashMap::with_capacity(state.items.len());
+            for item in &state.items {
+                let ParsedItem::Decoded {
+                    object: Ok((key, _)),
+                    ..
+                } = item
+                else {
+                    return None;
+                };
+                let elsewhere = owners.get(key).is_some_and(|owner| *owner != index);
+                if keys.insert(key, ()).is_some() || elsewhere {
+                    return None;
+                }
+            }
+        }
+        let mut changes = Vec::new();
+        for (index, state) in states.iter_mut().enumerate() {
+            let Some(previous) = state.previous.take() else {
+                continue;
+            };
+            let now = state.objects_in_effect();
+            for key in previous.keys().filter(|k| !now.contains_key(*k)) {
+                owners.remove(key);
+                changes.push((key.clone(), None));
+            }
+            for (key, object) in now {
+                if previous
+                    .get(&key)
+                    .is_some_and(|old| Arc::ptr_eq(old, &object))
+                {
+                    continue;
+                }
+                owners.insert(key.clone(), index);
+                changes.push((key, Some(object)));
+            }
+        }
+        Some(changes)
+    }
+
+    /// Every object in effect and every error, from files just refreshed.
+    fn assemble(
+        &mut self,
+        paths: Vec<PathBuf>,
+        states: Vec<FileState>,
+        reads: Vec<Result<(), String>>,
+    ) -> Loaded {
         let mut loaded = Loaded::default();
         // Key -> (file index, object): what is in effect, first file wins.
         let mut seen: HashMap<&ObjectKey, (usize, &Arc<Object>)> = HashMap::new();
@@ -377,6 +526,13 @@ impl ManifestLoader {
                 seen.entry(key).or_insert((index, object));
             }
         }
+        let clean = loaded.errors.is_empty() && irregular.iter().all(Option::is_none);
+        self.owners = clean.then(|| {
+            seen.iter()
+                .map(|(key, (index, _))| ((*key).clone(), *index))
+                .collect()
+        });
+        self.paths = paths.clone();
         loaded.objects = seen
             .into_iter()
             .map(|(key, (_, object))| (key.clone(), object.clone()))
@@ -390,7 +546,7 @@ impl ManifestLoader {
             state.previous = None;
             self.files.insert(path, state);
         }
-        Ok(loaded)
+        loaded
     }
 }
 
@@ -436,8 +592,19 @@ impl ManifestSource {
 
     fn reload(&self, loader: &mut ManifestLoader, store: &StoreHandle) {
         let origin = format!("manifests:{}", self.dir.display());
-        match loader.load(&self.dir) {
-            Ok(loaded) => {
+        match loader.load_changes(&self.dir) {
+            Ok(Reload::Changes(changes)) => {
+                // Nothing changed and nothing to clear (an unreadable
+                // directory's error may still be there): nobody is woken.
+                let settled = store.read(|s| s.all_synced() && s.errors_of(&origin).is_empty());
+                if !changes.is_empty() || !settled {
+                    store.update(|s| {
+                        s.apply(changes);
+                        s.set_errors(&origin, Vec::new());
+                    });
+                }
+            }
+            Ok(Reload::Full(loaded)) => {
                 for e in &loaded.errors {
                     tracing::warn!("manifest: {e}");
                 }
