@@ -85,6 +85,18 @@ impl UplinkProgram {
         self.insert_dest(addr, prefix_len, DEST_ENGINE, "add engine prefix")
     }
 
+    /// Every frame to this one address belongs to the engine (a service address:
+    /// LoadBalancer ingress IP, externalIP): [`add_prefix`](Self::add_prefix) with
+    /// the full host length.
+    pub fn add_address(&mut self, addr: IpAddr) -> Result<(), XdpError> {
+        self.add_prefix(addr, host_len(addr))
+    }
+
+    /// Removes an address added with [`add_address`](Self::add_address).
+    pub fn remove_address(&mut self, addr: IpAddr) -> Result<(), XdpError> {
+        self.remove_prefix(addr, host_len(addr))
+    }
+
     /// Removes a prefix added with [`add_prefix`](Self::add_prefix).
     pub fn remove_prefix(&mut self, addr: IpAddr, prefix_len: u8) -> Result<(), XdpError> {
         self.remove_dest(addr, prefix_len, "remove engine prefix")

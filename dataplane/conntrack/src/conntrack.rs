@@ -201,6 +201,11 @@ impl Conntrack {
         }
     }
 
+    /// Buckets in the table: the unit of [`gc_step`](Self::gc_step).
+    pub fn buckets(&self) -> usize {
+        self.table.buckets()
+    }
+
     /// Bytes of table memory per entry (two per flow), bucket headers included.
     pub fn bytes_per_entry() -> usize {
         FlowTable::bytes_per_entry()

@@ -27,15 +27,13 @@ use crate::worker::Worker;
 
 /// How often the control thread runs a conntrack garbage-collection step.
 const GC_TICK: Duration = Duration::from_millis(100);
-/// Slots per conntrack bucket, to size a GC step (see [`gc_buckets_per_tick`]).
-const CT_SLOTS_PER_BUCKET: usize = 8;
 /// A whole sweep of the table takes at most this many ticks (5 s at 100 ms).
 const GC_TICKS_PER_SWEEP: usize = 50;
 
 /// Buckets swept per tick so that the whole table is swept every
 /// `GC_TICKS_PER_SWEEP` ticks, and at least 1024 (cheap on small tables).
-fn gc_buckets_per_tick(capacity: usize) -> usize {
-    (capacity / CT_SLOTS_PER_BUCKET / GC_TICKS_PER_SWEEP).max(1024)
+fn gc_buckets_per_tick(buckets: usize) -> usize {
+    (buckets / GC_TICKS_PER_SWEEP).max(1024)
 }
 
 /// How long the control thread waits for a worker to open or close a socket.
@@ -483,7 +481,7 @@ pub fn run(config: EngineConfig) -> anyhow::Result<()> {
 
     // The control thread also sweeps conntrack: a bounded step every tick, each
     // bucket locked only while its expired flows are removed, so workers never wait.
-    let gc_buckets = gc_buckets_per_tick(config.ct_capacity);
+    let gc_buckets = gc_buckets_per_tick(shared.flows.conntrack.buckets());
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(GC_TICK);
         let now_ns = epoch.elapsed().as_nanos() as u64;

@@ -82,7 +82,7 @@ impl UplinkSteering {
             }
             for addr in self.service_addrs.difference(&next.service_addrs) {
                 program
-                    .remove_prefix(*addr, host_len(*addr))
+                    .remove_address(*addr)
                     .with_context(|| format!("stop steering service address {addr}"))?;
                 applied.service_addrs.remove(addr);
             }
@@ -100,7 +100,7 @@ impl UplinkSteering {
             }
             for addr in next.service_addrs.difference(&self.service_addrs) {
                 program
-                    .add_prefix(*addr, host_len(*addr))
+                    .add_address(*addr)
                     .with_context(|| format!("steer service address {addr}"))?;
                 applied.service_addrs.insert(*addr);
             }
@@ -127,14 +127,6 @@ fn xdp_proto(protocol: L4Protocol) -> L4Proto {
         L4Protocol::Tcp => L4Proto::Tcp,
         L4Protocol::Udp => L4Proto::Udp,
         L4Protocol::Sctp => L4Proto::Sctp,
-    }
-}
-
-fn host_len(addr: IpAddr) -> u8 {
-    if addr.is_ipv4() {
-        32
-    } else {
-        128
     }
 }
 
