@@ -9,7 +9,9 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
-use sluice_tables::{Endpoint, Gateway, IpCacheEntry, LbConfig, NodeState, Service, Uplink};
+use sluice_tables::{
+    Endpoint, Gateway, IpCacheEntry, LbConfig, NodeState, PolicyState, Service, Uplink,
+};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
@@ -34,8 +36,11 @@ pub enum Change {
     UpsertIpCache {
         entry: IpCacheEntry,
     },
+    /// Removes the entry for this address (and prefix length, for a CIDR).
     RemoveIpCache {
         ip: IpAddr,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        prefix_len: Option<u8>,
     },
     /// Replaces the node-wide load-balancing and masquerade settings.
     SetLb {
@@ -47,6 +52,10 @@ pub enum Change {
     },
     RemoveService {
         id: u32,
+    },
+    /// Replaces the compiled network policy.
+    SetPolicy {
+        policy: PolicyState,
     },
 }
 
@@ -92,10 +101,14 @@ pub fn diff_states(from: &NodeState, to: &NodeState) -> Vec<Change> {
             ifname: ifname.to_string(),
         });
     }
-    let old_ips: BTreeMap<IpAddr, u32> = from.ipcache.iter().map(|e| (e.ip, e.identity)).collect();
-    let new_ips: BTreeMap<IpAddr, u32> = to.ipcache.iter().map(|e| (e.ip, e.identity)).collect();
-    for ip in old_ips.keys().filter(|k| !new_ips.contains_key(*k)) {
-        changes.push(Change::RemoveIpCache { ip: *ip });
+    let key = |e: &IpCacheEntry| ((e.ip, e.prefix_len), e.identity);
+    let old_ips: BTreeMap<(IpAddr, Option<u8>), u32> = from.ipcache.iter().map(key).collect();
+    let new_ips: BTreeMap<(IpAddr, Option<u8>), u32> = to.ipcache.iter().map(key).collect();
+    for (ip, prefix_len) in old_ips.keys().filter(|k| !new_ips.contains_key(*k)) {
+        changes.push(Change::RemoveIpCache {
+            ip: *ip,
+            prefix_len: *prefix_len,
+        });
     }
     if from.lb != to.lb {
         changes.push(Change::SetLb { lb: to.lb.clone() });
@@ -115,11 +128,12 @@ pub fn diff_states(from: &NodeState, to: &NodeState) -> Vec<Change> {
             });
         }
     }
-    for (ip, identity) in &new_ips {
-        if old_ips.get(ip) != Some(identity) {
+    for (&(ip, prefix_len), identity) in &new_ips {
+        if old_ips.get(&(ip, prefix_len)) != Some(identity) {
             changes.push(Change::UpsertIpCache {
                 entry: IpCacheEntry {
-                    ip: *ip,
+                    ip,
+                    prefix_len,
                     identity: *identity,
                 },
             });
@@ -131,6 +145,11 @@ pub fn diff_states(from: &NodeState, to: &NodeState) -> Vec<Change> {
                 service: (*service).clone(),
             });
         }
+    }
+    if from.policy != to.policy {
+        changes.push(Change::SetPolicy {
+            policy: to.policy.clone(),
+        });
     }
     changes
 }
@@ -165,14 +184,19 @@ pub fn apply_changes(state: &NodeState, changes: &[Change]) -> Result<NodeState,
                 }
             }
             Change::UpsertIpCache { entry } => {
-                match next.ipcache.iter_mut().find(|e| e.ip == entry.ip) {
+                match next
+                    .ipcache
+                    .iter_mut()
+                    .find(|e| e.ip == entry.ip && e.prefix_len == entry.prefix_len)
+                {
                     Some(slot) => *slot = entry.clone(),
                     None => next.ipcache.push(entry.clone()),
                 }
             }
-            Change::RemoveIpCache { ip } => {
+            Change::RemoveIpCache { ip, prefix_len } => {
                 let before = next.ipcache.len();
-                next.ipcache.retain(|e| &e.ip != ip);
+                next.ipcache
+                    .retain(|e| !(&e.ip == ip && &e.prefix_len == prefix_len));
                 if next.ipcache.len() == before {
                     return Err(ChangeError::NoSuchIpCacheEntry { index, ip: *ip });
                 }
@@ -191,6 +215,7 @@ pub fn apply_changes(state: &NodeState, changes: &[Change]) -> Result<NodeState,
                     return Err(ChangeError::NoSuchService { index, id: *id });
                 }
             }
+            Change::SetPolicy { policy } => next.policy = policy.clone(),
         }
     }
     Ok(next)
@@ -241,11 +266,13 @@ mod tests {
                 .iter()
                 .map(|&(i, identity)| IpCacheEntry {
                     ip: IpAddr::from([10, 201, 0, i]),
+                    prefix_len: None,
                     identity,
                 })
                 .collect(),
             services: Vec::new(),
             lb: Default::default(),
+            policy: Default::default(),
         }
     }
 

@@ -689,6 +689,7 @@ impl Lab {
             ipcache: Vec::new(),
             services: Vec::new(),
             lb: Default::default(),
+            policy: Default::default(),
         }
     }
 

@@ -238,6 +238,7 @@ mod tests {
             ipcache: Vec::new(),
             services,
             lb: LbConfig::default(),
+            policy: Default::default(),
         }
     }
 
@@ -259,6 +260,7 @@ mod tests {
             NodeState {
                 ipcache: vec![IpCacheEntry {
                     ip: "10.200.0.5".parse().unwrap(),
+                    prefix_len: None,
                     identity: 5,
                 }],
                 ..a.clone()

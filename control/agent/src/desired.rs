@@ -450,10 +450,15 @@ fn compute_with(
             uplink,
             ipcache: ipcache
                 .into_iter()
-                .map(|(ip, (identity, _))| IpCacheEntry { ip, identity })
+                .map(|(ip, (identity, _))| IpCacheEntry {
+                    ip,
+                    prefix_len: None,
+                    identity,
+                })
                 .collect(),
             services,
             lb,
+            policy: Default::default(),
         },
         pod_cidrs: cidrs,
         endpoints: infos,

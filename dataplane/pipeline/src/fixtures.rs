@@ -144,6 +144,7 @@ pub fn tables() -> Tables {
         ipcache: Default::default(),
         services: Default::default(),
         lb: Default::default(),
+        policy: Default::default(),
     }
 }
 

@@ -11,6 +11,9 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IpCacheEntry {
     pub ip: IpAddr,
+    /// Prefix length when the entry is a CIDR (absent: the whole address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix_len: Option<u8>,
     pub identity: u32,
 }
 
@@ -66,6 +69,7 @@ mod tests {
     fn entry(ip: &str, identity: u32) -> IpCacheEntry {
         IpCacheEntry {
             ip: ip.parse().unwrap(),
+            prefix_len: None,
             identity,
         }
     }

@@ -6,6 +6,7 @@
 mod endpoint;
 mod ipcache;
 mod maglev;
+pub mod policy;
 mod service;
 mod snapshot;
 mod uplink;
@@ -13,6 +14,10 @@ mod uplink;
 pub use endpoint::{Endpoint, EndpointError, EndpointId, EndpointTable, Gateway, MacAddr};
 pub use ipcache::{IpCache, IpCacheEntry, IpCacheError};
 pub use maglev::{MaglevError, MaglevTable, MAGLEV_MAX_BACKENDS};
+pub use policy::{
+    Action, Decision, DirectionTable, DnsRules, DnsSelector, EndpointPolicy, Enforcement, Peer,
+    PolicyConfig, PolicyDirection, PolicyEntry, PolicyQuery, PolicyState, PolicyTables, RuleOrigin,
+};
 pub use service::{
     Backend, BackendState, Frontend, FrontendKind, L4Protocol, LbAlgorithm, LbConfig, Masquerade,
     NoBackendResponse, Scope, Service, ServiceEntry, ServiceTable, DEFAULT_MAGLEV_TABLE_SIZE,

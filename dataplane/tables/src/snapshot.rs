@@ -12,8 +12,8 @@ use arc_swap::{ArcSwap, Guard};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    Endpoint, EndpointError, EndpointTable, Gateway, IpCache, IpCacheEntry, LbConfig, Service,
-    ServiceTable, Uplink,
+    Endpoint, EndpointError, EndpointTable, Gateway, IpCache, IpCacheEntry, LbConfig, PolicyState,
+    PolicyTables, Service, ServiceTable, Uplink,
 };
 
 /// The desired state of one node as the control side hands it over (today a
@@ -39,6 +39,9 @@ pub struct NodeState {
     /// Load-balancing and masquerade settings.
     #[serde(default)]
     pub lb: LbConfig,
+    /// Compiled network policy.
+    #[serde(default)]
+    pub policy: PolicyState,
 }
 
 /// The MTU a node state gets when it names none.
@@ -65,6 +68,7 @@ impl NodeState {
             ipcache: Vec::new(),
             services: Vec::new(),
             lb: LbConfig::default(),
+            policy: PolicyState::default(),
         }
     }
 }
@@ -85,6 +89,8 @@ pub struct Tables {
     /// Frontend -> service -> backends.
     pub services: ServiceTable,
     pub lb: LbConfig,
+    /// Per-endpoint policy tables.
+    pub policy: PolicyTables,
 }
 
 impl Tables {
@@ -106,6 +112,7 @@ impl Tables {
     ) -> Result<Tables, EndpointError> {
         let endpoints = EndpointTable::build(state.endpoints)?;
         let ipcache = IpCache::build(&state.ipcache)?;
+        let policy = PolicyTables::build(&state.policy)?;
         let services = match previous {
             Some(previous) => ServiceTable::build_reusing(&state.services, &state.lb, previous)?,
             None => ServiceTable::build(&state.services, &state.lb)?,
@@ -140,6 +147,7 @@ impl Tables {
             ipcache,
             services,
             lb: state.lb,
+            policy,
         })
     }
 }
@@ -190,6 +198,7 @@ mod tests {
             ipcache: IpCache::default(),
             services: ServiceTable::default(),
             lb: LbConfig::default(),
+            policy: PolicyTables::default(),
         }
     }
 
