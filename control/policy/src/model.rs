@@ -2,8 +2,9 @@
 //! names as in the cilium.io/v2 CRDs, so a CiliumNetworkPolicy's `spec` (or
 //! each of its `specs`) deserializes into a [`Rule`]. Kubernetes
 //! NetworkPolicies are translated into the same model (`knp.rs`), as Cilium
-//! does. Everything here is plain data; validation is `validate.rs`,
-//! meaning is `compile.rs`.
+//! does. Everything here is plain data; validation (and the few
+//! normalizations Cilium also makes: lowercase port names and DNS names) is
+//! `parse.rs`, meaning is `compile.rs`.
 
 use std::collections::BTreeMap;
 
@@ -51,8 +52,10 @@ pub struct Rule {
     /// firewall is not implemented).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_selector: Option<EndpointSelector>,
-    /// `None`: the rule has no ingress section; `Some(vec![])` or
-    /// `Some(vec![{}])` still selects the endpoint for ingress.
+    /// `None`: the rule has no ingress section. Parsing turns an empty
+    /// list into `None`, as Cilium counts rules (`len(r.Ingress) > 0`) to
+    /// decide whether a rule has a direction. `Some(vec![{}])` selects the
+    /// endpoint for ingress (default deny) and allows nothing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ingress: Option<Vec<IngressRule>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -81,9 +84,13 @@ pub struct IngressRule {
     pub from_endpoints: Option<Vec<EndpointSelector>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from_requires: Option<Vec<EndpointSelector>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, rename = "fromCIDR", skip_serializing_if = "Option::is_none")]
     pub from_cidr: Option<Vec<String>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "fromCIDRSet",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub from_cidr_set: Option<Vec<CidrRule>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from_entities: Option<Vec<String>>,
@@ -107,9 +114,9 @@ pub struct EgressRule {
     pub to_endpoints: Option<Vec<EndpointSelector>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub to_requires: Option<Vec<EndpointSelector>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, rename = "toCIDR", skip_serializing_if = "Option::is_none")]
     pub to_cidr: Option<Vec<String>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, rename = "toCIDRSet", skip_serializing_if = "Option::is_none")]
     pub to_cidr_set: Option<Vec<CidrRule>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub to_entities: Option<Vec<String>>,
@@ -220,12 +227,77 @@ pub struct PortProtocol {
     pub protocol: Option<String>,
 }
 
-/// A port as written: YAML may give a number or a string.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// A port (or an ICMP type) as written: YAML may give a number or a string.
+/// After validation a port is a number 0-65535 (either variant) or a
+/// lowercase IANA service name (a named port).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(untagged)]
 pub enum PortValue {
     Number(i64),
     Text(String),
+}
+
+impl PortValue {
+    /// The port number, when it is one (a number, or a string of digits)
+    /// in 0-65535.
+    pub fn number(&self) -> Option<u16> {
+        match self {
+            PortValue::Number(n) => u16::try_from(*n).ok(),
+            PortValue::Text(text)
+                if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) =>
+            {
+                text.parse().ok()
+            }
+            PortValue::Text(_) => None,
+        }
+    }
+
+    /// The port name, when it is not a number (validation made it a
+    /// lowercase IANA service name).
+    pub fn name(&self) -> Option<&str> {
+        match self {
+            PortValue::Text(text) if !text.bytes().all(|b| b.is_ascii_digit()) => Some(text),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for PortValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PortValue::Number(n) => write!(f, "{n}"),
+            PortValue::Text(text) => write!(f, "{text:?}"),
+        }
+    }
+}
+
+/// By hand rather than `untagged`, so that a wrong type says what was
+/// expected instead of "did not match any variant".
+impl<'de> Deserialize<'de> for PortValue {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = PortValue;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a number or a name")
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<PortValue, E> {
+                Ok(PortValue::Number(v))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<PortValue, E> {
+                i64::try_from(v)
+                    .map(PortValue::Number)
+                    .map_err(|_| E::invalid_value(serde::de::Unexpected::Unsigned(v), &self))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<PortValue, E> {
+                Ok(PortValue::Text(v.to_string()))
+            }
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<PortValue, E> {
+                Ok(PortValue::Text(v))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
 }
 
 /// `toPorts[].rules`: only `dns` is enforced; `http`, `kafka` and `l7` are
@@ -273,12 +345,44 @@ pub enum PolicyKind {
 }
 
 impl PolicyKind {
+    pub const ALL: [PolicyKind; 3] = [
+        PolicyKind::CiliumNetworkPolicy,
+        PolicyKind::CiliumClusterwideNetworkPolicy,
+        PolicyKind::NetworkPolicy,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             PolicyKind::CiliumNetworkPolicy => "CiliumNetworkPolicy",
             PolicyKind::CiliumClusterwideNetworkPolicy => "CiliumClusterwideNetworkPolicy",
             PolicyKind::NetworkPolicy => "NetworkPolicy",
         }
+    }
+
+    /// The kind named `name` (as in an object's `kind`), if it is a policy.
+    pub fn from_name(name: &str) -> Option<PolicyKind> {
+        PolicyKind::ALL.into_iter().find(|k| k.name() == name)
+    }
+
+    /// The `apiVersion` objects of this kind carry.
+    pub fn api_version(self) -> &'static str {
+        match self {
+            PolicyKind::CiliumNetworkPolicy | PolicyKind::CiliumClusterwideNetworkPolicy => {
+                "cilium.io/v2"
+            }
+            PolicyKind::NetworkPolicy => "networking.k8s.io/v1",
+        }
+    }
+
+    /// Whether objects of this kind live in a namespace.
+    pub fn namespaced(self) -> bool {
+        self != PolicyKind::CiliumClusterwideNetworkPolicy
+    }
+}
+
+impl std::fmt::Display for PolicyKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
     }
 }
 
@@ -293,4 +397,21 @@ pub struct Policy {
     pub namespace: String,
     pub name: String,
     pub rules: Vec<(String, Rule)>,
+}
+
+impl Policy {
+    /// `Kind namespace/name`, or `Kind name` for a clusterwide policy: how
+    /// errors and listings name the object.
+    pub fn label(&self) -> String {
+        object_label(self.kind, &self.namespace, &self.name)
+    }
+}
+
+/// `Kind namespace/name`, or `Kind name` without a namespace.
+pub fn object_label(kind: PolicyKind, namespace: &str, name: &str) -> String {
+    if namespace.is_empty() {
+        format!("{kind} {name}")
+    } else {
+        format!("{kind} {namespace}/{name}")
+    }
 }
