@@ -26,7 +26,8 @@ shift || true
 CASES=("$@")
 [ ${#CASES[@]} -gt 0 ] || CASES=(ipv4_udp_64B_fwd)
 if [ "${CASES[0]}" = all ]; then
-    CASES=(ipv4_udp_64B_fwd ipv6_udp_fwd ipv4_tcp_fwd arp_reply nd_gateway drop_spoofed mixed)
+    CASES=(ipv4_udp_64B_fwd ipv6_udp_fwd ipv4_tcp_fwd arp_reply nd_gateway drop_spoofed
+        ipv4_udp_64B_fwd_policy1k ipv4_udp_64B_new ipv4_udp_64B_new_policy1k mixed)
 fi
 
 cargo build --release -p sluice-perf --bin pipeline-loop >&2

@@ -23,12 +23,15 @@ const TABLE_SIZES: [u32; 3] = [10, 1_000, 100_000];
 fn pipeline(c: &mut Criterion) {
     let cases = cases();
     check(&cases).expect("fixture verdicts");
-    let tables = fixtures::tables();
-    // Pod-to-pod flows are tracked: after the first batch every frame is a
-    // conntrack hit, the steady state of a long flow.
-    let flows = fixtures::flows();
     let mut chunks = vec![0u8; BATCH * CHUNK];
     for case in &cases {
+        let tables = (case.tables)();
+        // Pod-to-pod flows are tracked: after the first batch every frame is
+        // a conntrack hit, the steady state of a long flow; `_new` cases step
+        // the clock past the flow's timeout at every frame.
+        let flows = fixtures::flows();
+        let step = case.now_step_ns;
+        let mut now = 0u64;
         let f = &case.fixture;
         let (input, len, ingress) = (&f.input[..], f.input.len(), f.ingress_ifindex);
         let mut group = c.benchmark_group(format!("pipeline_{}", case.name));
@@ -45,7 +48,8 @@ fn pipeline(c: &mut Criterion) {
             b.iter(|| {
                 for chunk in chunks.chunks_exact_mut(CHUNK) {
                     chunk[..len].copy_from_slice(input);
-                    black_box(process(chunk, len, ingress, &tables, &flows, 0));
+                    now = now.wrapping_add(step);
+                    black_box(process(chunk, len, ingress, &tables, &flows, now));
                 }
             })
         });
@@ -103,7 +107,7 @@ fn summary() {
     println!();
     println!("Per frame, medians (batch of {BATCH}; copy = copying the fixture into its chunk):");
     println!(
-        "{:<18} {:>10} {:>16} {:>12} {:>8}",
+        "{:<26} {:>10} {:>16} {:>12} {:>8}",
         "case", "copy ns", "copy+process ns", "process ns", "ratio"
     );
     for case in cases() {
@@ -112,7 +116,7 @@ fn summary() {
         let both = median_per_frame(&[&group, "copy_process"]);
         if let (Some(copy), Some(both)) = (copy, both) {
             println!(
-                "{:<18} {:>10.2} {:>16.2} {:>12.2} {:>8.1}",
+                "{:<26} {:>10.2} {:>16.2} {:>12.2} {:>8.1}",
                 case.name,
                 copy,
                 both,

@@ -4,7 +4,12 @@
 //!
 //! Both measure the same cases, taken from the pipeline fixtures
 //! (`sluice_pipeline::fixtures`) so that what is timed is also what the unit
-//! tests check.
+//! tests check. The `_policy1k` cases run the 64-byte frame against the
+//! fixture tables plus a policy of 1000 entries in the destination's
+//! ingress table over 1000 identities ([`policy_tables`]); the `_new` cases
+//! make every frame a new connection (the clock steps past the UDP timeout
+//! between frames, so the flow is expired and opened again: lookup, policy
+//! check, insert).
 //!
 //! [`pktgen`] is the pure part of `sluice-pktgen` (`src/bin/sluice-pktgen.rs`), the
 //! AF_XDP packet generator and sinks of the namespace lab: frame templates, flows,
@@ -12,22 +17,38 @@
 
 pub mod pktgen;
 
-use core::net::Ipv4Addr;
+use core::net::{IpAddr, Ipv4Addr};
 
 use sluice_pipeline::fixtures::{self, Fixture, POD_A, POD_B};
 use sluice_pipeline::{DropReason, Verdict};
-use sluice_tables::{Endpoint, EndpointTable, MacAddr};
-use sluice_wire::ip_protocol::UDP;
+use sluice_tables::{
+    Action, DirectionTable, Endpoint, EndpointPolicy, EndpointTable, IpCache, IpCacheEntry,
+    MacAddr, Peer, PolicyEntry, PolicyState, PolicyTables, RuleOrigin, Tables,
+};
+use sluice_wire::ip_protocol::{TCP, UDP};
 
 /// Frames per benchmark iteration, like one engine rx batch.
 pub const BATCH: usize = 64;
 
-/// One measured case: a fixture and a short name for reports.
+/// One measured case: a fixture, the tables it runs against, and a short
+/// name for reports.
 #[derive(Clone, Debug)]
 pub struct Case {
     pub name: &'static str,
     pub fixture: Fixture,
+    pub tables: fn() -> Tables,
+    /// How far the clock moves between frames: 0 for a long flow (every
+    /// frame after the first is a conntrack hit), [`NEW_FLOW_STEP_NS`] for a
+    /// new connection per frame.
+    pub now_step_ns: u64,
 }
+
+/// Longer than the UDP unreplied timeout (30 s): the previous frame's flow
+/// has expired when the next frame comes.
+pub const NEW_FLOW_STEP_NS: u64 = 31_000_000_000;
+
+/// Entries (and identities) of the [`policy_tables`] policy.
+pub const POLICY_ENTRIES: u32 = 1000;
 
 /// The fixture descriptions the cases are taken from (`fixtures::all()`).
 const FROM_FIXTURES: &[(&str, &str)] = &[
@@ -71,19 +92,141 @@ pub fn ipv4_udp_64() -> Fixture {
 /// that a benchmark never silently measures something else.
 pub fn cases() -> Vec<Case> {
     let all = fixtures::all();
-    let mut out = vec![Case {
-        name: "ipv4_udp_64B_fwd",
+    let udp = |name, tables, now_step_ns| Case {
+        name,
         fixture: ipv4_udp_64(),
-    }];
+        tables,
+        now_step_ns,
+    };
+    let mut out = vec![udp("ipv4_udp_64B_fwd", fixtures::tables, 0)];
     for (name, description) in FROM_FIXTURES {
         let fixture = all
             .iter()
             .find(|f| f.description == *description)
             .unwrap_or_else(|| panic!("fixture {description:?} is gone"))
             .clone();
-        out.push(Case { name, fixture });
+        out.push(Case {
+            name,
+            fixture,
+            tables: fixtures::tables,
+            now_step_ns: 0,
+        });
     }
+    out.push(udp("ipv4_udp_64B_fwd_policy1k", policy_tables, 0));
+    out.push(udp("ipv4_udp_64B_new", fixtures::tables, NEW_FLOW_STEP_NS));
+    out.push(udp(
+        "ipv4_udp_64B_new_policy1k",
+        policy_tables,
+        NEW_FLOW_STEP_NS,
+    ));
     out
+}
+
+/// [`fixtures::tables`] with pods A and B in the ipcache, [`POLICY_ENTRIES`]
+/// other identities at 10.1.x.y, and a policy: pod B's ingress is
+/// default-deny with one entry per identity (TCP and UDP on assorted
+/// ports, deny and allow mixed, one in ten an L3 allow) and an allow for
+/// pod A on UDP 53 last; pod A's egress allows pod B. So pod A's frame
+/// passes both directions, found through the index.
+pub fn policy_tables() -> Tables {
+    let (a, b) = (1000u32, 1001u32);
+    let first_other = 2000u32;
+    let mut ipcache = vec![
+        IpCacheEntry {
+            ip: POD_A.ipv4.into(),
+            prefix_len: None,
+            identity: a,
+        },
+        IpCacheEntry {
+            ip: POD_B.ipv4.into(),
+            prefix_len: None,
+            identity: b,
+        },
+    ];
+    let mut entries = Vec::new();
+    for i in 0..POLICY_ENTRIES - 1 {
+        let identity = first_other + i;
+        let [_, _, hi, lo] = (i + 1).to_be_bytes();
+        ipcache.push(IpCacheEntry {
+            ip: IpAddr::V4(Ipv4Addr::new(10, 1, hi, lo)),
+            prefix_len: None,
+            identity,
+        });
+        let port = 1000 + (i % 50) as u16;
+        entries.push(PolicyEntry {
+            peer: Peer::Identity(identity),
+            protocol: match i % 10 {
+                0 => 0,
+                n if n % 2 == 0 => TCP,
+                _ => UDP,
+            },
+            port_min: port,
+            port_max: port + (i % 3) as u16,
+            action: if i % 4 == 0 {
+                Action::Deny
+            } else {
+                Action::Allow
+            },
+            dns: None,
+            rule: i,
+        });
+    }
+    entries.push(PolicyEntry {
+        peer: Peer::Identity(a),
+        protocol: UDP,
+        port_min: 53,
+        port_max: 53,
+        action: Action::Allow,
+        dns: None,
+        rule: POLICY_ENTRIES - 1,
+    });
+    let state = PolicyState {
+        tables: vec![
+            DirectionTable {
+                enforced: true,
+                default_rule: Some(0),
+                entries,
+            },
+            DirectionTable {
+                enforced: true,
+                default_rule: Some(0),
+                entries: vec![PolicyEntry {
+                    peer: Peer::Identity(b),
+                    protocol: 0,
+                    port_min: 0,
+                    port_max: u16::MAX,
+                    action: Action::Allow,
+                    dns: None,
+                    rule: 0,
+                }],
+            },
+        ],
+        endpoints: vec![
+            EndpointPolicy {
+                endpoint: "default/b".into(),
+                ingress: 0,
+                egress: 1,
+            },
+            EndpointPolicy {
+                endpoint: "default/a".into(),
+                ingress: 1,
+                egress: 1,
+            },
+        ],
+        rules: (0..POLICY_ENTRIES)
+            .map(|i| RuleOrigin {
+                kind: "CiliumNetworkPolicy".into(),
+                namespace: "bench".into(),
+                name: format!("rule-{i}"),
+                path: "specs[0].ingress[0]".into(),
+            })
+            .collect(),
+        ..PolicyState::default()
+    };
+    let mut t = fixtures::tables();
+    t.ipcache = IpCache::build(&ipcache).expect("distinct addresses");
+    t.policy = PolicyTables::build_for(state, &t.endpoints, &t.ipcache).expect("valid policy");
+    t
 }
 
 /// Looks a case up by its short name.
@@ -91,18 +234,21 @@ pub fn case(name: &str) -> Option<Case> {
     cases().into_iter().find(|c| c.name == name)
 }
 
-/// Runs every case once and checks its verdict; call before measuring.
+/// Runs every case twice (a first and a later frame) and checks its
+/// verdict; call before measuring.
 pub fn check(cases: &[Case]) -> Result<(), String> {
-    let tables = fixtures::tables();
-    let flows = fixtures::flows();
     let mut chunk = vec![0u8; fixtures::DEFAULT_CAPACITY];
     for c in cases {
-        let got = c.fixture.run(&tables, &flows, &mut chunk, 0);
-        if got != c.fixture.expected_verdict {
-            return Err(format!(
-                "{}: expected {:?}, got {:?}",
-                c.name, c.fixture.expected_verdict, got
-            ));
+        let tables = (c.tables)();
+        let flows = fixtures::flows();
+        for now in [0, c.now_step_ns.max(1)] {
+            let got = c.fixture.run(&tables, &flows, &mut chunk, now);
+            if got != c.fixture.expected_verdict {
+                return Err(format!(
+                    "{}: expected {:?}, got {:?}",
+                    c.name, c.fixture.expected_verdict, got
+                ));
+            }
         }
     }
     Ok(())
@@ -136,7 +282,9 @@ impl Counters {
                 self.forwarded += 1;
                 self.drops[reason.index()] += 1;
             }
-            Verdict::Drop(reason) => self.drops[reason.index()] += 1,
+            Verdict::Drop(reason) | Verdict::PolicyDrop { reason, .. } => {
+                self.drops[reason.index()] += 1
+            }
         }
     }
 }
@@ -187,7 +335,7 @@ mod tests {
     #[test]
     fn every_case_gives_its_fixture_verdict() {
         let cases = cases();
-        assert_eq!(cases.len(), 6);
+        assert_eq!(cases.len(), 9);
         assert_eq!(cases[0].fixture.input.len(), 64);
         check(&cases).unwrap();
     }
@@ -198,6 +346,44 @@ mod tests {
         assert_eq!(
             c.fixture.expected_verdict,
             Verdict::Drop(DropReason::SpoofedSourceIp)
+        );
+    }
+
+    /// The policy case is decided by its policy: pod A passes, and a frame
+    /// from pod C (an identity the policy does not allow) is dropped.
+    #[test]
+    fn the_policy_case_runs_through_an_enforced_policy() {
+        let tables = policy_tables();
+        assert!(tables.policy.enforces());
+        assert_eq!(tables.ipcache.len(), POLICY_ENTRIES as usize + 1);
+        let c = case("ipv4_udp_64B_new_policy1k").unwrap();
+        let mut input = c.fixture.input.clone();
+        input[6..12].copy_from_slice(&fixtures::POD_C.mac);
+        input[14 + 12..14 + 16].copy_from_slice(&fixtures::POD_C.ipv4.octets());
+        // Header checksum: recompute over the new source.
+        input[14 + 10..14 + 12].copy_from_slice(&[0, 0]);
+        let sum = sluice_wire::checksum::checksum(&input[14..34]);
+        input[14 + 10..14 + 12].copy_from_slice(&sum.to_be_bytes());
+        let mut chunk = vec![0u8; fixtures::DEFAULT_CAPACITY];
+        chunk[..input.len()].copy_from_slice(&input);
+        let flows = fixtures::flows();
+        let verdict = sluice_pipeline::process(
+            &mut chunk,
+            input.len(),
+            fixtures::POD_C.ifindex,
+            &tables,
+            &flows,
+            0,
+        );
+        assert!(
+            matches!(
+                verdict,
+                Verdict::PolicyDrop {
+                    reason: DropReason::PolicyDenied,
+                    ..
+                }
+            ),
+            "{verdict:?}"
         );
     }
 

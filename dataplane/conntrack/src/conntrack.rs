@@ -35,7 +35,7 @@
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use crate::entry::{Tracked, ENTRY_WORDS, LAST_SEEN_WORD, META_WORD};
+use crate::entry::{Tracked, ENTRY_WORDS, LAST_SEEN_WORD, META_WORD, POLICY_WORD};
 use crate::key::KEY_WORDS;
 use crate::table::{BucketGuard, Location, LockSet, SeqTable, ValueWords, SLOTS};
 use crate::tcp::{next_state, tcp_flags};
@@ -694,6 +694,35 @@ impl Conntrack {
         self.remove_if(key, |_| true)
     }
 
+    /// Records `word` as the flow's policy verdict cache ([`CtEntry::policy`]):
+    /// the policy revision the flow was allowed at, written into both of its
+    /// entries under the flow's locks (so either direction reads it). `key`
+    /// is either direction. False when the flow is not tracked, or was
+    /// replaced meanwhile by a flow with other rewrites (then that flow
+    /// keeps its own word). Liveness is not checked (no clock here): an
+    /// expired flow's word is harmless, nothing reads it.
+    pub fn set_policy(&self, key: &FlowKey, word: u32) -> bool {
+        let words = key.to_words();
+        let location = self.table.locate(&words);
+        let Some(value) = self.table.read(location, &words) else {
+            return false;
+        };
+        let entry = CtEntry::from_words(&value);
+        let partner = key.partner(&entry.rewrites);
+        let locks = self.lock_flow(location, self.table.locate(&partner.to_words()));
+        let Some((guard, slot)) = locks.find(location, &words) else {
+            return false;
+        };
+        if CtEntry::from_words(&guard.value(slot)).rewrites != entry.rewrites {
+            return false;
+        }
+        guard.write_value_word(slot, POLICY_WORD, u64::from(word));
+        if let Some((partner_guard, partner_slot)) = self.verified_partner(&locks, key, &partner) {
+            partner_guard.write_value_word(partner_slot, POLICY_WORD, u64::from(word));
+        }
+        true
+    }
+
     /// Removes `key`'s flow if `key`'s entry (read under the locks) passes
     /// `check`.
     fn remove_if(&self, key: &FlowKey, check: impl Fn(&CtEntry) -> bool) -> bool {
@@ -823,6 +852,75 @@ impl Conntrack {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `set_policy` writes the word into both entries of the flow, from
+    /// either direction, and leaves everything else as it was; the hit path
+    /// ([`Conntrack::track`]) reads it back.
+    #[test]
+    fn set_policy_updates_both_entries_of_the_flow() {
+        use crate::Rewrites;
+        use std::net::SocketAddr;
+        let ct = Conntrack::new(CtConfig {
+            capacity: 1024,
+            ..CtConfig::default()
+        });
+        let original = FlowKey {
+            src: "10.0.0.1".parse().unwrap(),
+            dst: "10.96.0.10".parse().unwrap(),
+            src_port: 40000,
+            dst_port: 80,
+            protocol: 6,
+        };
+        let backend: SocketAddr = "10.0.1.5:8080".parse().unwrap();
+        let rewrites = Rewrites {
+            src: None,
+            dst: Some(backend),
+        };
+        let reply = original.partner(&rewrites);
+        let entry = CtEntry {
+            direction: Direction::Original,
+            rewrites,
+            state: FlowState::Tcp(TcpState::Established),
+            service_id: 3,
+            backend_id: 4,
+            flags: 1,
+            policy: 7,
+            created_ns: 5,
+            last_seen_ns: 5,
+        };
+        let reply_entry = CtEntry {
+            direction: Direction::Reply,
+            rewrites: Rewrites {
+                src: Some(SocketAddr::new(original.dst, original.dst_port)),
+                dst: None,
+            },
+            ..entry
+        };
+        ct.insert_flow(&original, entry, &reply, reply_entry)
+            .unwrap();
+        let seen = Seen { tcp_flags: 0x10 };
+        assert_eq!(ct.track(&original, seen, 6).unwrap().policy(), 7);
+        assert!(ct.set_policy(&original, 9));
+        assert_eq!(ct.track(&original, seen, 6).unwrap().policy(), 9);
+        assert_eq!(ct.track(&reply, seen, 6).unwrap().policy(), 9);
+        assert!(ct.set_policy(&reply, 11));
+        let after = ct.lookup(&original, 6).unwrap();
+        assert_eq!(
+            after,
+            CtEntry {
+                policy: 11,
+                ..entry
+            }
+        );
+        assert_eq!(ct.lookup(&reply, 6).unwrap().policy, 11);
+        let absent = FlowKey {
+            src_port: 1,
+            ..original
+        };
+        assert!(!ct.set_policy(&absent, 1));
+        assert!(ct.remove_flow(&original));
+        assert!(!ct.set_policy(&reply, 12));
+    }
 
     /// The per-packet shortcut agrees with the state machine for every
     /// state, direction and TCP flags byte.

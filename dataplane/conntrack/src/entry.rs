@@ -35,6 +35,9 @@ pub mod flags {
     pub const HAIRPIN: u16 = 1 << 2;
     /// The first packet came from outside the cluster (the uplink).
     pub const EXTERNAL: u16 = 1 << 3;
+    /// Allowed by a policy entry with DNS rules: the pipeline checks the
+    /// queries of this flow and reads its answers into the FQDN cache.
+    pub const DNS: u16 = 1 << 4;
 }
 
 /// One entry as readers see it (a copy; the table keeps the words).
@@ -50,7 +53,10 @@ pub struct CtEntry {
     pub backend_id: u32,
     /// [`flags`] bits.
     pub flags: u16,
-    /// Policy verdict cache for the network policy work (0 = not evaluated).
+    /// Policy verdict cache: the policy revision (`Tables::policy_revision`,
+    /// low 32 bits) at which the flow was last allowed; 0 when no policy was
+    /// enforced then. The pipeline re-checks a flow whose word is not the
+    /// current one.
     pub policy: u32,
     pub created_ns: u64,
     pub last_seen_ns: u64,
@@ -77,7 +83,7 @@ const DST_PORT_SHIFT: u32 = 32;
 pub(crate) const META_WORD: usize = 4;
 pub(crate) const LAST_SEEN_WORD: usize = 8;
 const IDS_WORD: usize = 5;
-const POLICY_WORD: usize = 6;
+pub(crate) const POLICY_WORD: usize = 6;
 const CREATED_WORD: usize = 7;
 
 /// The flow state in a meta word.
@@ -120,14 +126,16 @@ fn rewrites_of(meta: u64, word: &impl Fn(usize) -> u64) -> Rewrites {
 }
 
 /// What a packet's own path needs from its entry ([`crate::Conntrack::track`]):
-/// the entry's words as read, less the policy and created words, decoded
-/// on demand. A hit on an entry without rewrites (most flows) loads 3 of
-/// the entry's 9 words and moves 7 words, where a [`CtEntry`] is 13.
+/// the entry's words as read, less the created word, decoded on demand. A
+/// hit on an entry without rewrites (most flows) loads 4 of the entry's 9
+/// words and moves 8 words, where a [`CtEntry`] is 13.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Tracked {
     meta: u64,
     ids: u64,
     last_seen_ns: u64,
+    /// The policy verdict cache ([`CtEntry::policy`]).
+    policy: u32,
     /// The rewrite address words; zero unless the meta word says present.
     addrs: [u64; 4],
 }
@@ -146,6 +154,7 @@ impl Tracked {
             meta,
             ids: word(IDS_WORD),
             last_seen_ns: word(LAST_SEEN_WORD),
+            policy: word(POLICY_WORD) as u32,
             addrs,
         }
     }
@@ -174,6 +183,12 @@ impl Tracked {
 
     pub fn last_seen_ns(&self) -> u64 {
         self.last_seen_ns
+    }
+
+    /// The policy revision the flow was last allowed at ([`CtEntry::policy`]).
+    #[inline]
+    pub fn policy(&self) -> u32 {
+        self.policy
     }
 
     /// True when [`Tracked::rewrites`] has a source or destination rewrite.
@@ -339,7 +354,7 @@ mod tests {
                     service_id: u32::MAX - i as u32,
                     backend_id: j as u32 + 7,
                     flags: 0xffff >> i,
-                    policy: u32::MAX,
+                    policy: u32::MAX >> (i + j),
                     created_ns: u64::MAX - 1,
                     last_seen_ns: i as u64 * 1_000_000_007,
                 };
@@ -360,12 +375,14 @@ mod tests {
                         tracked.backend_id(),
                         tracked.flags(),
                         tracked.last_seen_ns(),
+                        tracked.policy(),
                     ),
                     (
                         entry.service_id,
                         entry.backend_id,
                         entry.flags,
-                        entry.last_seen_ns
+                        entry.last_seen_ns,
+                        entry.policy,
                     )
                 );
                 let meta =

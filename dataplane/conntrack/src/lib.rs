@@ -25,6 +25,7 @@
 //! * `table`: the generic seqlock bucket table (private).
 //! * [`conntrack`]: [`Conntrack`] (lookup, observe, insert, expiry, eviction, gc).
 //! * [`affinity`]: [`Affinity`] (sessionAffinity: ClientIP).
+//! * [`fqdn`]: [`FqdnCache`] (addresses of names toFQDNs selectors select).
 //!
 //! Memory: 114 bytes per entry (14 words plus a share of the bucket's two
 //! header words), so the default 512Ki entries take 57 MiB.
@@ -33,6 +34,7 @@ pub mod affinity;
 pub mod config;
 pub mod conntrack;
 pub mod entry;
+pub mod fqdn;
 pub mod key;
 mod table;
 pub mod tcp;
@@ -41,6 +43,7 @@ pub use affinity::Affinity;
 pub use config::{CtConfig, Timeouts, DEFAULT_CAPACITY};
 pub use conntrack::{next_flow_state, reopens, Conntrack, CtStats, InsertError, Seen};
 pub use entry::{flags, CtEntry, Direction, FlowState, Tracked};
+pub use fqdn::{FqdnCache, FqdnEntry};
 pub use key::{FlowKey, Rewrites};
 pub use tcp::{next_state, tcp_flags, TcpState};
 
@@ -50,14 +53,19 @@ pub use tcp::{next_state, tcp_flags, TcpState};
 pub struct FlowTables {
     pub conntrack: Conntrack,
     pub affinity: Affinity,
+    /// Addresses learnt from DNS answers for toFQDNs selectors.
+    pub fqdn: FqdnCache,
 }
 
 impl FlowTables {
-    /// Affinity gets a quarter of the conntrack capacity (one entry per client and service).
+    /// Affinity gets a quarter of the conntrack capacity (one entry per
+    /// client and service); the FQDN cache an eighth, between 1Ki and 64Ki
+    /// addresses (64Ki at the default capacity: 4.75 MiB).
     pub fn new(config: CtConfig) -> FlowTables {
         FlowTables {
             conntrack: Conntrack::new(config),
             affinity: Affinity::new((config.capacity / 4).max(1024)),
+            fqdn: FqdnCache::new((config.capacity / 8).clamp(1024, 64 * 1024)),
         }
     }
 }

@@ -479,13 +479,17 @@ pub fn run(config: EngineConfig) -> anyhow::Result<()> {
         "engine ready"
     );
 
-    // The control thread also sweeps conntrack: a bounded step every tick, each
-    // bucket locked only while its expired flows are removed, so workers never wait.
+    // The control thread also sweeps conntrack and the FQDN cache: a bounded
+    // step every tick, each bucket locked only while its expired entries are
+    // removed, so workers never wait. Expired FQDN addresses must go for a
+    // name at its address cap to learn new ones.
     let gc_buckets = gc_buckets_per_tick(shared.flows.conntrack.buckets());
+    let fqdn_gc_buckets = gc_buckets_per_tick(shared.flows.fqdn.buckets());
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(GC_TICK);
         let now_ns = epoch.elapsed().as_nanos() as u64;
         shared.flows.conntrack.gc_step(now_ns, gc_buckets);
+        shared.flows.fqdn.gc_step(now_ns, fqdn_gc_buckets);
     }
     tracing::info!("stopping");
     // The agent first: its connection closes and changes nothing more.

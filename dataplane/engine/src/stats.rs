@@ -12,14 +12,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use hashbrown::HashMap;
 use serde::Serialize;
 use sluice_conntrack::{CtStats, FlowTables};
 use sluice_pipeline::DropReason;
-use sluice_tables::TablesHandle;
+use sluice_tables::{PolicyDirection, PolicyState, RuleOrigin, TablesHandle};
 
 use crate::api::{ApiBoard, ApiStatus};
 use crate::config::{WaitMode, XdpAttach};
-use crate::counters::{CounterSnapshot, WorkerCounters};
+use crate::counters::{self, CounterSnapshot, WorkerCounters};
 use crate::ports::{PortBoard, PortStatus};
 
 /// Everything the stats socket reads; shared with the workers.
@@ -58,6 +59,20 @@ pub struct DropRow {
     pub per_worker: Vec<u64>,
 }
 
+/// Policy drops of one rule in one direction, summed over the workers.
+#[derive(Debug, PartialEq, Eq, Serialize)]
+pub struct PolicyDropRow {
+    /// Index into the published policy's `rules`; `None` for a rule the
+    /// current policy no longer has (its drops are kept).
+    pub rule: Option<u32>,
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+    pub path: String,
+    pub direction: PolicyDirection,
+    pub packets: u64,
+}
+
 #[derive(Debug, Serialize)]
 pub struct WorkerRow {
     pub worker: usize,
@@ -86,6 +101,8 @@ pub struct StatsReport {
     pub services: usize,
     /// Connection tracking: size, inserts, evictions, pressure.
     pub conntrack: CtStats,
+    /// Policy drops per deciding rule (those with drops), most first.
+    pub policy_drops: Vec<PolicyDropRow>,
 }
 
 impl EngineShared {
@@ -127,7 +144,34 @@ impl EngineShared {
             api: self.api.status(),
             services: tables.services.len(),
             conntrack: self.flows.conntrack.stats(),
+            policy_drops: self.policy_drops(tables.policy.state()),
         }
+    }
+
+    /// Every worker's per-rule policy drops, summed by rule origin and
+    /// direction, indexed against `current`'s rules.
+    fn policy_drops(&self, current: &PolicyState) -> Vec<PolicyDropRow> {
+        let counted = counters::merge(self.counters.iter().flat_map(|c| c.rules().counted()));
+        let index: HashMap<&RuleOrigin, u32> = current
+            .rules
+            .iter()
+            .enumerate()
+            .map(|(i, origin)| (origin, i as u32))
+            .collect();
+        let mut rows: Vec<PolicyDropRow> = counted
+            .into_iter()
+            .map(|count| PolicyDropRow {
+                rule: index.get(&count.origin).copied(),
+                kind: count.origin.kind,
+                namespace: count.origin.namespace,
+                name: count.origin.name,
+                path: count.origin.path,
+                direction: count.direction,
+                packets: count.packets,
+            })
+            .collect();
+        rows.sort_by_key(|row| std::cmp::Reverse(row.packets));
+        rows
     }
 }
 
@@ -213,4 +257,103 @@ fn answer(stream: UnixStream, shared: &EngineShared, reload: &ReloadFn) -> std::
     let mut stream = stream;
     stream.write_all(&body)?;
     stream.write_all(b"\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::counters::LocalCounters;
+    use sluice_conntrack::CtConfig;
+    use sluice_tables::{NodeState, Tables};
+
+    fn origin(name: &str, path: &str) -> RuleOrigin {
+        RuleOrigin {
+            kind: "NetworkPolicy".into(),
+            namespace: "x".into(),
+            name: name.into(),
+            path: path.into(),
+        }
+    }
+
+    /// Two workers' per-rule drops sum into one row per rule and direction,
+    /// named by the policy, in the stats JSON.
+    #[test]
+    fn the_report_sums_policy_drops_per_rule_over_workers() {
+        let mut state = NodeState::empty();
+        state.policy.rules = vec![
+            origin("deny-80", "ingressDeny[0]"),
+            origin("allow", "ingress[0]"),
+        ];
+        let tables = Tables::build(state).unwrap();
+        let policy = Arc::clone(tables.policy.shared_state());
+        let shared = EngineShared {
+            tables: TablesHandle::new(tables),
+            counters: vec![WorkerCounters::default(), WorkerCounters::default()],
+            ports: PortBoard::default(),
+            info: EngineInfo {
+                version: "test",
+                pid: 1,
+                workers: 2,
+                cores: vec![0, 1],
+                mode: WaitMode::Idle,
+                xdp_mode: XdpAttach::Native,
+                hugepages: vec![false, false],
+                started: None,
+            },
+            api: Arc::new(ApiBoard::default()),
+            flows: Arc::new(FlowTables::new(CtConfig {
+                capacity: 1024,
+                ..CtConfig::default()
+            })),
+        };
+        for (worker, drops) in shared.counters.iter().zip([3, 4]) {
+            let mut local = LocalCounters::default();
+            worker.switch_rules(&mut local, &policy);
+            for _ in 0..drops {
+                local.policy_drop(
+                    DropReason::PolicyDeniedByDenylist,
+                    0,
+                    PolicyDirection::Ingress,
+                );
+            }
+            local.policy_drop(DropReason::PolicyDenied, 1, PolicyDirection::Egress);
+            worker.publish(&mut local);
+        }
+        let report = shared.report();
+        assert_eq!(
+            report.policy_drops,
+            vec![
+                PolicyDropRow {
+                    rule: Some(0),
+                    kind: "NetworkPolicy".into(),
+                    namespace: "x".into(),
+                    name: "deny-80".into(),
+                    path: "ingressDeny[0]".into(),
+                    direction: PolicyDirection::Ingress,
+                    packets: 7,
+                },
+                PolicyDropRow {
+                    rule: Some(1),
+                    kind: "NetworkPolicy".into(),
+                    namespace: "x".into(),
+                    name: "allow".into(),
+                    path: "ingress[0]".into(),
+                    direction: PolicyDirection::Egress,
+                    packets: 2,
+                },
+            ]
+        );
+        let denylist = report
+            .drops
+            .iter()
+            .find(|d| d.name == "policy_denied_by_denylist")
+            .unwrap();
+        assert_eq!((denylist.number, denylist.count), (29, 7));
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(
+            json["policy_drops"][0],
+            serde_json::json!({"rule": 0, "kind": "NetworkPolicy", "namespace": "x",
+                "name": "deny-80", "path": "ingressDeny[0]", "direction": "ingress", "packets": 7})
+        );
+    }
 }

@@ -60,6 +60,9 @@ pub struct Worker {
     events: Events,
     stop: Arc<AtomicBool>,
     epoch: Instant,
+    /// The tables generation the per-rule policy counters were last checked
+    /// against (`u64::MAX`: none yet).
+    seen_generation: u64,
 }
 
 impl std::fmt::Debug for Worker {
@@ -97,6 +100,7 @@ impl Worker {
             events: Events::with_capacity(64),
             stop,
             epoch,
+            seen_generation: u64::MAX,
         })
     }
 
@@ -137,6 +141,15 @@ impl Worker {
     /// One pass over every socket; returns the number of frames received.
     fn poll_once(&mut self) -> usize {
         let tables = self.shared.tables.load();
+        if tables.generation != self.seen_generation {
+            // Once per new snapshot, not per packet: policy drops count per
+            // rule of the snapshot's policy state.
+            self.seen_generation = tables.generation;
+            let state = tables.policy.shared_state();
+            if !Arc::ptr_eq(state, self.local.rules.state()) {
+                self.shared.counters[self.id].switch_rules(&mut self.local, state);
+            }
+        }
         // Read the clock once per pass, and only when there are frames.
         let mut now_ns: Option<u64> = None;
         let mut received = 0;
@@ -191,6 +204,15 @@ impl Worker {
                     }
                     Verdict::Drop(reason) => {
                         local.drop(reason);
+                        io.release(frame);
+                        continue;
+                    }
+                    Verdict::PolicyDrop {
+                        reason,
+                        rule,
+                        direction,
+                    } => {
+                        local.policy_drop(reason, rule, direction);
                         io.release(frame);
                         continue;
                     }

@@ -13,6 +13,12 @@
 //! 5. ICMP errors about a tracked flow are translated so their receiver sees
 //!    an error about the packet it sent.
 //!
+//! Network policy ([`policy`]) checks every new flow once its destination
+//! is final (after the service choice, before the insert), re-checks a
+//! tracked flow whose verdict is from an older policy revision, inspects
+//! the DNS flows, and checks untracked packets (and ICMP errors about no
+//! flow) one by one.
+//!
 //! Routing by the (new) destination is the caller's.
 
 use core::net::{IpAddr, SocketAddr};
@@ -27,7 +33,7 @@ use crate::flows::{self, NewFlow};
 use crate::icmp_error::ReplyLink;
 use crate::nat::{self, End, Headers};
 use crate::service::{self, Choice};
-use crate::{masquerade, reject, route, DropReason, Verdict};
+use crate::{masquerade, policy, reject, route, DropReason, Verdict};
 
 /// Where the packet came from and what the stage may use.
 #[derive(Clone, Copy, Debug)]
@@ -53,11 +59,20 @@ pub(crate) enum Outcome {
 
 const UNTRANSLATED: Outcome = Outcome::Route { translated: false };
 
+#[inline]
 pub(crate) fn run(frame: &mut [u8], h: &Headers, stage: &Stage<'_>) -> Result<Outcome, DropReason> {
     match flow_key::classify(frame, h) {
-        Classified::Untracked => Ok(UNTRANSLATED),
+        Classified::Untracked => Ok(untracked(frame, h, stage)),
         Classified::IcmpError(quoted) => Ok(icmp_error(frame, h, &quoted, stage)),
         Classified::Flow { key, tcp_flags } => flow(frame, h, &key, tcp_flags, stage),
+    }
+}
+
+/// A packet conntrack does not track is routed as it is, if policy lets it.
+fn untracked(frame: &[u8], h: &Headers, stage: &Stage<'_>) -> Outcome {
+    match policy::untracked(frame, h, stage) {
+        Some(verdict) => Outcome::Answered(verdict),
+        None => UNTRANSLATED,
     }
 }
 
@@ -82,6 +97,11 @@ fn flow(
                 .backend(entry.service_id(), entry.backend_id())
                 .is_none();
         if !backend_gone {
+            if policy::needs_check(&entry, tables) {
+                if let Some(verdict) = policy::tracked(frame, h, key, &entry, stage) {
+                    return Ok(Outcome::Answered(verdict));
+                }
+            }
             if !entry.has_rewrites() {
                 return Ok(UNTRANSLATED);
             }
@@ -89,6 +109,26 @@ fn flow(
         }
         flows.conntrack.remove_flow(key);
     }
+    new_flow(frame, h, key, tcp_flags, stage)
+}
+
+/// A packet whose flow is not tracked: opens one (after the service choice
+/// and the policy check), or is refused. Not inlined, so that the tracked
+/// path above, which almost every packet takes, stays small.
+#[inline(never)]
+fn new_flow(
+    frame: &mut [u8],
+    h: &Headers,
+    key: &FlowKey,
+    tcp_flags: u8,
+    stage: &Stage<'_>,
+) -> Result<Outcome, DropReason> {
+    let Stage {
+        tables,
+        flows,
+        now_ns,
+        ..
+    } = *stage;
     // A reset opens nothing (the kernel marks it invalid); route it as it is.
     if key.protocol == TCP && tcp_flags & tcp::flags::RST != 0 {
         return Ok(UNTRANSLATED);
@@ -113,15 +153,21 @@ fn flow(
                 Choice::Backend(b) => b,
                 Choice::NoBackend => return no_backend(frame, h, frontend.addr, stage),
             };
+            let to = SocketAddr::new(backend.addr, backend.port);
+            let admitted = match policy::admit_new(frame, h, key, to, stage) {
+                Ok(admitted) => admitted,
+                Err(verdict) => return Ok(Outcome::Answered(verdict)),
+            };
             let mut new = NewFlow {
                 rewrites: Rewrites {
                     src: None,
-                    dst: Some(SocketAddr::new(backend.addr, backend.port)),
+                    dst: Some(to),
                 },
                 service_id: entry.service.id,
                 backend_id: backend.id,
-                flags: flags::SERVICE | external,
+                flags: flags::SERVICE | external | admitted.flags,
                 tcp_flags,
+                policy: admitted.policy,
             };
             if backend.addr == key.src {
                 // Hairpin: the backend would answer itself directly; make it
@@ -150,7 +196,15 @@ fn flow(
             masquerade::address_for(tables, key.dst),
             tables.lb.masquerade.as_ref(),
         ) {
-            let new = NewFlow::plain(flags::MASQUERADE, tcp_flags);
+            let admitted = match policy::admit_new(frame, h, key, destination(key), stage) {
+                Ok(admitted) => admitted,
+                Err(verdict) => return Ok(Outcome::Answered(verdict)),
+            };
+            let new = NewFlow::plain(
+                flags::MASQUERADE | admitted.flags,
+                tcp_flags,
+                admitted.policy,
+            );
             let created = masquerade::insert(flows, key, new, addr, range, now_ns)?;
             return translate(frame, h, &created.rewrites);
         }
@@ -161,8 +215,18 @@ fn flow(
     if egress.ifindex == stage.link.ifindex {
         return Err(DropReason::SameInterface);
     }
-    let created = flows::insert(flows, key, NewFlow::plain(external, tcp_flags), now_ns)?;
+    let admitted = match policy::admit_new(frame, h, key, destination(key), stage) {
+        Ok(admitted) => admitted,
+        Err(verdict) => return Ok(Outcome::Answered(verdict)),
+    };
+    let new = NewFlow::plain(external | admitted.flags, tcp_flags, admitted.policy);
+    let created = flows::insert(flows, key, new, now_ns)?;
     translate(frame, h, &created.rewrites)
+}
+
+/// The destination of an untranslated flow.
+fn destination(key: &FlowKey) -> SocketAddr {
+    SocketAddr::new(key.dst, key.dst_port)
 }
 
 /// Applies an entry's rewrites to the packet.
@@ -209,7 +273,8 @@ fn icmp_error(frame: &mut [u8], h: &Headers, quoted: &QuotedPacket, stage: &Stag
         .conntrack
         .lookup(&quoted.key.reversed(), stage.now_ns)
     else {
-        return UNTRANSLATED;
+        // About no flow of ours: a message like any other.
+        return untracked(frame, h, stage);
     };
     let rewrites = entry.rewrites;
     if rewrites.src.is_none() && rewrites.dst.is_none() {

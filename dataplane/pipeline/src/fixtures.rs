@@ -20,7 +20,9 @@ use sluice_wire::{
 use crate::{process, DropReason, FlowTables, Verdict};
 use sluice_conntrack::CtConfig;
 
+mod policy;
 mod services;
+pub use policy::*;
 pub use services::*;
 
 /// UMEM chunk size the fixtures run in unless they say otherwise.
@@ -145,6 +147,7 @@ pub fn tables() -> Tables {
         services: Default::default(),
         lb: Default::default(),
         policy: Default::default(),
+        policy_revision: 1,
     }
 }
 

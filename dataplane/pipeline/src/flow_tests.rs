@@ -85,7 +85,7 @@ fn run(
     let verdict = process(&mut chunk, input.len(), ingress, tables, flows, now);
     let out = match verdict {
         Verdict::Forward { len, .. } | Verdict::Reject { len, .. } => chunk[..len].to_vec(),
-        Verdict::Drop(_) => Vec::new(),
+        Verdict::Drop(_) | Verdict::PolicyDrop { .. } => Vec::new(),
     };
     (verdict, out)
 }

@@ -25,16 +25,20 @@ pub(crate) struct NewFlow {
     pub flags: u16,
     /// TCP flags of the first packet (0 for other protocols).
     pub tcp_flags: u8,
+    /// The policy word the flow starts with: the revision it was allowed at
+    /// ([`crate::policy::revision_word`]).
+    pub policy: u32,
 }
 
 impl NewFlow {
-    pub fn plain(flags: u16, tcp_flags: u8) -> NewFlow {
+    pub fn plain(flags: u16, tcp_flags: u8, policy: u32) -> NewFlow {
         NewFlow {
             rewrites: Rewrites::default(),
             service_id: 0,
             backend_id: 0,
             flags,
             tcp_flags,
+            policy,
         }
     }
 }
@@ -70,7 +74,7 @@ pub(crate) fn entries(key: &FlowKey, flow: NewFlow, now_ns: u64) -> (CtEntry, Fl
         service_id: flow.service_id,
         backend_id: flow.backend_id,
         flags: flow.flags,
-        policy: 0,
+        policy: flow.policy,
         created_ns: now_ns,
         last_seen_ns: now_ns,
     };
@@ -146,11 +150,13 @@ mod tests {
         ] {
             let flow = NewFlow {
                 rewrites,
-                ..NewFlow::plain(0, tcp_flags::SYN)
+                ..NewFlow::plain(0, tcp_flags::SYN, 1)
             };
             let (original, reply_key, reply) = entries(&key, flow, 5);
             assert_eq!(original.state, FlowState::Tcp(TcpState::SynSent));
             assert_eq!(reply.direction, Direction::Reply);
+            // Both entries carry the policy word the flow was allowed at.
+            assert_eq!((original.policy, reply.policy), (1, 1));
             // The reply packet, translated back, is the reverse of the original.
             assert_eq!(reply_key.rewritten(&reply.rewrites), key.reversed());
         }
@@ -165,14 +171,14 @@ mod tests {
             dst_port: 2,
             protocol: TCP,
         };
-        let (original, _, _) = entries(&key, NewFlow::plain(0, tcp_flags::ACK), 0);
+        let (original, _, _) = entries(&key, NewFlow::plain(0, tcp_flags::ACK, 1), 0);
         assert_eq!(original.state, FlowState::Tcp(TcpState::Established));
         let udp = FlowKey {
             protocol: 17,
             ..key
         };
         assert_eq!(
-            entries(&udp, NewFlow::plain(0, 0), 0).0.state,
+            entries(&udp, NewFlow::plain(0, 0, 1), 0).0.state,
             FlowState::Unreplied
         );
     }

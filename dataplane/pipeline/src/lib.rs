@@ -26,6 +26,9 @@
 //!      other routable new flow is tracked as it is. ICMP errors about a
 //!      tracked flow are translated through their quoted packet. Entries are
 //!      built in [`flows`], rewrites applied with incremental checksums in [`nat`].
+//!    - [`policy`]: network policy on new connections (after the service
+//!      choice), the verdict cached in conntrack and re-checked when the
+//!      policy changes, DNS queries and answers of DNS-inspected flows.
 //!    - routing by the (translated) destination ([`route`]): TTL decrement,
 //!      MACs, egress interface.
 //!
@@ -34,6 +37,7 @@
 
 mod arp;
 mod conntrack;
+mod dns;
 mod flow_key;
 mod flows;
 mod icmp_error;
@@ -43,6 +47,7 @@ mod ipv6;
 mod masquerade;
 mod nat;
 mod ndisc;
+mod policy;
 mod reject;
 mod route;
 mod service;
@@ -78,5 +83,7 @@ pub fn process(
 
 #[cfg(test)]
 mod flow_tests;
+#[cfg(test)]
+mod policy_tests;
 #[cfg(test)]
 mod tests;

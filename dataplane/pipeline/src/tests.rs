@@ -24,6 +24,11 @@ fn sets() -> Vec<(&'static str, Vec<Fixture>, sluice_tables::Tables)> {
             fixtures::service_all(),
             fixtures::service_tables(),
         ),
+        (
+            "policy_all",
+            fixtures::policy_all(),
+            fixtures::policy_tables(),
+        ),
     ]
 }
 
@@ -32,7 +37,7 @@ fn run_with(f: &Fixture, tables: &sluice_tables::Tables, flows: &FlowTables) -> 
     let verdict = f.run(tables, flows, &mut chunk, 0);
     let out = match verdict {
         Verdict::Forward { len, .. } | Verdict::Reject { len, .. } => chunk[..len].to_vec(),
-        Verdict::Drop(_) => Vec::new(),
+        Verdict::Drop(_) | Verdict::PolicyDrop { .. } => Vec::new(),
     };
     (verdict, out)
 }
@@ -62,6 +67,44 @@ fn every_service_fixture_gives_its_verdict_and_frame() {
         "ServiceTable::build refused or lost the fixture services"
     );
     check_fixtures(fixtures::service_all(), &tables);
+}
+
+#[test]
+fn every_policy_fixture_gives_its_verdict_and_frame() {
+    let tables = fixtures::policy_tables();
+    assert_eq!(
+        tables.policy.state(),
+        &fixtures::policy_state(),
+        "PolicyTables::build_for refused the fixture policy"
+    );
+    assert_eq!(tables.ipcache.len(), fixtures::policy_ipcache().len());
+    check_fixtures(fixtures::policy_all(), &tables);
+}
+
+/// The policy fixtures are decided by policy: without it (the same tables,
+/// no policy), every one of them that policy drops or refuses goes through.
+#[test]
+fn without_the_policy_the_policy_fixtures_pass() {
+    let mut tables = fixtures::policy_tables();
+    tables.policy = Default::default();
+    let outputs = run_set(&fixtures::policy_all(), &tables);
+    for (f, (verdict, _)) in fixtures::policy_all().iter().zip(outputs) {
+        let by_policy = matches!(
+            f.expected_verdict,
+            Verdict::PolicyDrop { .. }
+                | Verdict::Reject {
+                    reason: DropReason::DnsRefused,
+                    ..
+                }
+        );
+        if by_policy {
+            assert!(
+                matches!(verdict, Verdict::Forward { .. }),
+                "{}: {verdict:?}",
+                f.description
+            );
+        }
+    }
 }
 
 #[test]
@@ -129,10 +172,8 @@ fn fixtures_cover_the_per_frame_reasons() {
         .filter(|r| !not_per_frame.contains(r) && !stateful.contains(r))
     {
         assert!(
-            all.iter().any(|f| match f.expected_verdict {
-                Verdict::Drop(r) | Verdict::Reject { reason: r, .. } => r == *reason,
-                Verdict::Forward { .. } => false,
-            }),
+            all.iter()
+                .any(|f| f.expected_verdict.drop_reason() == Some(*reason)),
             "no fixture drops with {reason:?}"
         );
     }
@@ -145,7 +186,7 @@ fn forwarded_frames_decode_with_smoltcp() {
     for (_, set, tables) in sets() {
         let outputs = run_set(&set, &tables);
         for (f, (verdict, out)) in set.iter().zip(outputs) {
-            if matches!(verdict, Verdict::Drop(_)) {
+            if matches!(verdict, Verdict::Drop(_) | Verdict::PolicyDrop { .. }) {
                 continue;
             }
             decodes_with_smoltcp(f, &out);
@@ -256,6 +297,7 @@ fn check_no_panic_and_bounds(
         fixtures::tables(),
         fixtures::uplink_tables(),
         fixtures::service_tables(),
+        fixtures::policy_tables(),
     ] {
         frame.copy_from_slice(&original);
         if let Verdict::Forward { len, .. } | Verdict::Reject { len, .. } =
@@ -299,6 +341,7 @@ proptest! {
         let mut all = fixtures::all();
         all.extend(fixtures::uplink_all());
         all.extend(fixtures::service_all());
+        all.extend(fixtures::policy_all());
         let f = &all[which.index(all.len())];
         let mut frame = f.input.clone();
         for (at, byte) in edits {

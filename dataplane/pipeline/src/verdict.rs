@@ -1,5 +1,7 @@
 //! What happens to a frame, as data.
 
+use sluice_tables::PolicyDirection;
+
 /// Fate of one frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verdict {
@@ -19,6 +21,34 @@ pub enum Verdict {
     },
     /// Drop and count under the reason.
     Drop(DropReason),
+    /// Dropped by network policy: counted under `reason`
+    /// ([`DropReason::PolicyDenied`] or [`DropReason::PolicyDeniedByDenylist`])
+    /// and per rule, which names the deciding policy (kind, namespace, name)
+    /// for counters and flow records.
+    PolicyDrop {
+        reason: DropReason,
+        /// Index into the snapshot's `policy.rules`; [`Verdict::NO_RULE`]
+        /// when no rule is to blame (mode `always`, an endpoint no policy
+        /// selects).
+        rule: u32,
+        /// The direction, seen from the endpoint whose table decided.
+        direction: PolicyDirection,
+    },
+}
+
+impl Verdict {
+    /// [`Verdict::PolicyDrop`]'s `rule` when there is none.
+    pub const NO_RULE: u32 = u32::MAX;
+
+    /// The reason the frame was dropped (or refused), if it was.
+    pub fn drop_reason(&self) -> Option<DropReason> {
+        match *self {
+            Verdict::Forward { .. } => None,
+            Verdict::Reject { reason, .. }
+            | Verdict::Drop(reason)
+            | Verdict::PolicyDrop { reason, .. } => Some(reason),
+        }
+    }
 }
 
 macro_rules! drop_reasons {
@@ -120,6 +150,15 @@ drop_reasons! {
     /// A new flow's reply direction is already tracked by another flow (a
     /// tuple clash the engine does not resolve by remapping a port).
     CtTupleTaken = 27, "ct_tuple_taken";
+    /// New connection (or a tracked one re-checked after a policy change)
+    /// that no policy allows, in a direction that is default-deny (Cilium's
+    /// "Policy denied").
+    PolicyDenied = 28, "policy_denied";
+    /// A deny rule matched (Cilium's "Policy denied by denylist").
+    PolicyDeniedByDenylist = 29, "policy_denied_by_denylist";
+    /// A DNS query whose name no DNS rule of its connection allows; answered
+    /// REFUSED by the engine, never sent to the server.
+    DnsRefused = 30, "dns_refused";
 }
 
 #[cfg(test)]
@@ -152,5 +191,15 @@ mod tests {
         assert_eq!(DropReason::CtFull.number(), 24);
         assert_eq!(DropReason::NatPortExhausted.number(), 25);
         assert_eq!(DropReason::LbSourceRangeDenied.number(), 26);
+        assert_eq!(DropReason::CtTupleTaken.number(), 27);
+        assert_eq!(DropReason::PolicyDenied.number(), 28);
+        assert_eq!(DropReason::PolicyDeniedByDenylist.number(), 29);
+        assert_eq!(DropReason::DnsRefused.number(), 30);
+        assert_eq!(DropReason::PolicyDenied.name(), "policy_denied");
+        assert_eq!(
+            DropReason::PolicyDeniedByDenylist.name(),
+            "policy_denied_by_denylist"
+        );
+        assert_eq!(DropReason::DnsRefused.name(), "dns_refused");
     }
 }

@@ -1,6 +1,8 @@
 //! The steady-state batch loop allocates nothing: ~1000 `process` calls over
 //! each fixture set under a counting global allocator, with the flow tables in
-//! use (service DNAT and its reverse, masquerade, rejects, new and tracked flows).
+//! use (service DNAT and its reverse, masquerade, rejects, new and tracked
+//! flows) and a policy (allowed, denied, DNS-refused; flows re-checked after
+//! a policy revision change).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -65,7 +67,12 @@ fn a_batch_of_process_calls_allocates_nothing() {
     let uplink_all = fixtures::uplink_all();
     let service_tables = fixtures::service_tables();
     let service_all = fixtures::service_all();
+    let policy_tables = fixtures::policy_tables();
+    // The same policy at the next revision: every tracked flow is re-checked.
+    let policy_next = fixtures::policy_tables_with(fixtures::policy_state(), 2);
+    let policy_all = fixtures::policy_all();
     let flows = fixtures::flows();
+    let mut policy_drops = 0usize;
     let mut chunk = vec![0u8; 4096];
     let mut rejected = 0usize;
     let mut forwarded = 0usize;
@@ -90,6 +97,18 @@ fn a_batch_of_process_calls_allocates_nothing() {
         match f.run(&service_tables, &flows, &mut chunk, i) {
             Verdict::Forward { len, .. } => forwarded += len,
             Verdict::Reject { .. } => rejected += 1,
+            Verdict::Drop(_) | Verdict::PolicyDrop { .. } => {}
+        }
+        let f = &policy_all[(i as usize) % policy_all.len()];
+        let tables = if i < 500 {
+            &policy_tables
+        } else {
+            &policy_next
+        };
+        match f.run(tables, &flows, &mut chunk, i) {
+            Verdict::Forward { len, .. } => forwarded += len,
+            Verdict::Reject { .. } => rejected += 1,
+            Verdict::PolicyDrop { .. } => policy_drops += 1,
             Verdict::Drop(_) => {}
         }
     }
@@ -97,6 +116,7 @@ fn a_batch_of_process_calls_allocates_nothing() {
 
     assert!(forwarded > 0);
     assert!(rejected > 0);
+    assert!(policy_drops > 0);
     assert!(flows.conntrack.stats().entries > 0, "flows were tracked");
     assert_eq!(ALLOCATIONS.load(Ordering::Relaxed), 0);
 }

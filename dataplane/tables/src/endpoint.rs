@@ -107,6 +107,10 @@ pub enum EndpointError {
         field: String,
         detail: String,
     },
+    /// The compiled policy is inconsistent; `field` is its path in the node
+    /// state, e.g. `policy.tables[3].entries[7].rule`.
+    #[error("{field}: {detail}")]
+    Policy { field: String, detail: String },
 }
 
 /// Endpoints indexed by address and by interface. Built once per snapshot;

@@ -3,6 +3,7 @@
 //!
 //! Layering: this crate does no I/O and knows nothing about frames or sockets.
 
+mod dns_name;
 mod endpoint;
 mod ipcache;
 mod maglev;
@@ -15,8 +16,9 @@ pub use endpoint::{Endpoint, EndpointError, EndpointId, EndpointTable, Gateway, 
 pub use ipcache::{IpCache, IpCacheEntry, IpCacheError};
 pub use maglev::{MaglevError, MaglevTable, MAGLEV_MAX_BACKENDS};
 pub use policy::{
-    Action, Decision, DirectionTable, DnsRules, DnsSelector, EndpointPolicy, Enforcement, Peer,
-    PolicyConfig, PolicyDirection, PolicyEntry, PolicyQuery, PolicyState, PolicyTables, RuleOrigin,
+    Action, Decision, DirectionTable, DnsRules, DnsSelector, EndpointPolicy, EndpointTables,
+    Enforcement, Peer, PolicyConfig, PolicyDirection, PolicyEntry, PolicyQuery, PolicyState,
+    PolicyTables, RuleOrigin,
 };
 pub use service::{
     Backend, BackendState, Frontend, FrontendKind, L4Protocol, LbAlgorithm, LbConfig, Masquerade,

@@ -91,6 +91,11 @@ pub struct Tables {
     pub lb: LbConfig,
     /// Per-endpoint policy tables.
     pub policy: PolicyTables,
+    /// Changes only when `policy` or `ipcache` (what a verdict depends on)
+    /// changed: conntrack keeps the revision a flow was allowed at, and a
+    /// flow whose revision is older is checked again at its next packet.
+    /// Starts at 1 (conntrack's 0 means "allowed with no policy enforced").
+    pub policy_revision: u64,
 }
 
 impl Tables {
@@ -100,21 +105,43 @@ impl Tables {
     }
 
     /// [`build`](Self::build), taking every unchanged Maglev table from
-    /// `previous` (see [`ServiceTable::build_reusing`]): what the engine calls
-    /// for each agent delta, so that one changed service costs one table fill.
+    /// `previous` (see [`ServiceTable::build_reusing`]) and its policy index
+    /// when the policy is unchanged: what the engine calls for each agent
+    /// delta, so that one changed service costs one table fill. The policy
+    /// revision stays when the policy and the ipcache are unchanged, else it
+    /// is the previous one plus one.
     pub fn build_reusing(state: NodeState, previous: &Tables) -> Result<Tables, EndpointError> {
-        Tables::build_with(state, Some(&previous.services))
+        Tables::build_with(state, Some(previous))
     }
 
-    fn build_with(
-        state: NodeState,
-        previous: Option<&ServiceTable>,
-    ) -> Result<Tables, EndpointError> {
+    fn build_with(state: NodeState, previous: Option<&Tables>) -> Result<Tables, EndpointError> {
         let endpoints = EndpointTable::build(state.endpoints)?;
         let ipcache = IpCache::build(&state.ipcache)?;
-        let policy = PolicyTables::build(&state.policy)?;
+        let (policy, policy_revision) = match previous {
+            Some(previous) => {
+                let policy = PolicyTables::build_reusing(
+                    state.policy,
+                    &endpoints,
+                    &ipcache,
+                    &previous.policy,
+                )?;
+                let same = policy.same_state(&previous.policy) && ipcache == previous.ipcache;
+                let revision = if same {
+                    previous.policy_revision
+                } else {
+                    previous.policy_revision + 1
+                };
+                (policy, revision)
+            }
+            None => (
+                PolicyTables::build_for(state.policy, &endpoints, &ipcache)?,
+                1,
+            ),
+        };
         let services = match previous {
-            Some(previous) => ServiceTable::build_reusing(&state.services, &state.lb, previous)?,
+            Some(previous) => {
+                ServiceTable::build_reusing(&state.services, &state.lb, &previous.services)?
+            }
             None => ServiceTable::build(&state.services, &state.lb)?,
         };
         if let Some(uplink) = &state.uplink {
@@ -148,6 +175,7 @@ impl Tables {
             services,
             lb: state.lb,
             policy,
+            policy_revision,
         })
     }
 }
@@ -199,6 +227,7 @@ mod tests {
             services: ServiceTable::default(),
             lb: LbConfig::default(),
             policy: PolicyTables::default(),
+            policy_revision: 1,
         }
     }
 
@@ -278,5 +307,45 @@ mod tests {
         assert_eq!(second.services.backend(2, 1).unwrap().port, 9090);
         assert_eq!(second.services.len(), 2);
         assert_eq!(second.mtu, 9000);
+    }
+
+    #[test]
+    fn the_policy_revision_moves_only_when_policy_or_ipcache_change() {
+        let state = NodeState::empty();
+        let first = Tables::build(state.clone()).unwrap();
+        assert_eq!(first.policy_revision, 1);
+        let mut next = state;
+        next.mtu = 9000;
+        let unchanged = Tables::build_reusing(next.clone(), &first).unwrap();
+        assert_eq!(unchanged.policy_revision, 1);
+        assert!(unchanged.policy.same_state(&first.policy));
+        next.ipcache.push(IpCacheEntry {
+            ip: "10.0.0.0".parse().unwrap(),
+            prefix_len: Some(8),
+            identity: 16_777_217,
+        });
+        let new_prefix = Tables::build_reusing(next.clone(), &unchanged).unwrap();
+        assert_eq!(new_prefix.policy_revision, 2);
+        next.policy.config.allow_localhost = false;
+        let new_policy = Tables::build_reusing(next.clone(), &new_prefix).unwrap();
+        assert_eq!(new_policy.policy_revision, 3);
+        assert!(!new_policy.policy.same_state(&new_prefix.policy));
+        let again = Tables::build_reusing(next, &new_policy).unwrap();
+        assert_eq!(again.policy_revision, 3);
+    }
+
+    #[test]
+    fn a_bad_policy_refuses_the_state_naming_the_field() {
+        let mut state = NodeState::empty();
+        state.policy.endpoints.push(crate::EndpointPolicy {
+            endpoint: "default/a".into(),
+            ingress: 0,
+            egress: 0,
+        });
+        let err = Tables::build(state).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "policy.endpoints[0].ingress: 0 is out of range (tables has 0)"
+        );
     }
 }

@@ -10,6 +10,7 @@
 
 pub mod arp;
 pub mod checksum;
+pub mod dns;
 pub mod ethernet;
 pub mod frame;
 pub mod icmpv4;
