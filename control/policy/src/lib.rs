@@ -23,3 +23,5 @@ pub mod knp;
 pub mod model;
 pub mod parse;
 pub mod selector;
+#[doc(hidden)]
+pub mod synthetic;
