@@ -11,7 +11,7 @@
 use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
-use sluice_tables::{LbConfig, MacAddr, Service};
+use sluice_tables::{LbConfig, MacAddr, RuleOrigin, Service};
 
 /// Version of this protocol; carried in every request.
 pub const AGENT_PROTOCOL_VERSION: u32 = 1;
@@ -99,6 +99,37 @@ pub enum AgentRequest {
     /// The services of the desired state (what the engine balances) and the
     /// node's load-balancing settings.
     ListServices,
+    /// Every policy object the agent read: its rules, the local endpoints it
+    /// selects and its errors.
+    ListPolicies,
+    /// The policy verdict for one new connection, evaluated with the same
+    /// lookup the engine runs, on the agent's current desired state.
+    TracePolicy {
+        trace: TraceRequest,
+    },
+}
+
+/// The connection `sluice policy trace` asks about. `src` and `dst` are a
+/// pod (`namespace/pod`, or a local endpoint's name), an address, `world`
+/// (an address no ipcache entry covers) or `host` (this node).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceRequest {
+    pub src: String,
+    pub dst: String,
+    /// Destination port (for ICMP the type; absent: echo request).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dport: Option<u16>,
+    pub protocol: TraceProtocol,
+}
+
+/// Protocols a trace can ask about (`icmp` means ICMPv6 for IPv6 peers).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TraceProtocol {
+    Tcp,
+    Udp,
+    Sctp,
+    Icmp,
 }
 
 /// What the CNI plugin reports after wiring an attachment.
@@ -174,6 +205,12 @@ pub enum AgentResponse {
     Services {
         services: Vec<Service>,
         lb: LbConfig,
+    },
+    Policies {
+        policies: Vec<PolicyInfo>,
+    },
+    PolicyTrace {
+        trace: PolicyTrace,
     },
     Error {
         kind: ErrorKind,
@@ -257,6 +294,128 @@ pub struct IdentityInfo {
     pub ips: usize,
 }
 
+/// One policy object (NetworkPolicy, CiliumNetworkPolicy,
+/// CiliumClusterwideNetworkPolicy) as the agent applied it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyInfo {
+    pub kind: String,
+    /// Empty for a clusterwide policy.
+    pub namespace: String,
+    pub name: String,
+    /// Rules in effect (`spec` / `specs` entries; a NetworkPolicy is one);
+    /// 0 when the policy failed validation and was left out.
+    pub rules: usize,
+    /// Local endpoints (names) some rule of the policy selects.
+    pub endpoints: Vec<String>,
+    /// Validation and compilation problems, each naming the field.
+    pub errors: Vec<String>,
+}
+
+/// A peer of a traced connection, resolved as the engine would see it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TracePeer {
+    /// What was asked (`default/a`, `world`, an address), or for a service
+    /// backend its address.
+    pub name: String,
+    /// The address used (unspecified for `world`).
+    pub addr: IpAddr,
+    /// The identity the ipcache gives the address (longest prefix match;
+    /// world-ipv4 / world-ipv6 when nothing covers it).
+    pub identity: u32,
+    /// The local endpoint behind the address, if it is on this node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+}
+
+/// How one direction decided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TraceDecision {
+    /// No policy selects the endpoint for this direction (or mode `never`).
+    NotEnforced,
+    /// An allow rule matched.
+    Allowed,
+    /// From the host to a local endpoint with `--allow-localhost=always`.
+    AllowedLocalhost,
+    /// A deny rule matched (drop reason `policy_denied_by_denylist`).
+    Denied,
+    /// Enforced and no allow rule matched (drop reason `policy_denied`).
+    NoAllowRule,
+}
+
+impl TraceDecision {
+    pub fn allows(self) -> bool {
+        matches!(
+            self,
+            TraceDecision::NotEnforced | TraceDecision::Allowed | TraceDecision::AllowedLocalhost
+        )
+    }
+
+    /// The engine's drop reason name for a denying decision.
+    pub fn drop_reason(self) -> Option<&'static str> {
+        match self {
+            TraceDecision::Denied => Some("policy_denied_by_denylist"),
+            TraceDecision::NoAllowRule => Some("policy_denied"),
+            _ => None,
+        }
+    }
+}
+
+/// One endpoint's lookup in one direction.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirectionTrace {
+    /// The local endpoint whose table was looked up.
+    pub endpoint: String,
+    pub decision: TraceDecision,
+    /// The deciding rule (allow or deny), or for `no_allow_rule` the rule
+    /// that made the endpoint default-deny.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<RuleOrigin>,
+    /// The allowing entry checks DNS queries on the connection (L7 DNS).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dns: bool,
+    /// For `no_allow_rule`: the policies (`Kind namespace/name`) that select
+    /// the endpoint.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub selected_by: Vec<String>,
+}
+
+/// The connection to one destination (one service backend, or the
+/// destination itself).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TracePath {
+    pub dst: TracePeer,
+    /// Protocol number and port (after service translation; ICMP: the type).
+    pub protocol: u8,
+    pub port: u16,
+    /// The source's egress (absent when the source is not on this node).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress: Option<DirectionTrace>,
+    /// The destination's ingress (absent when it is not on this node).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress: Option<DirectionTrace>,
+    pub allowed: bool,
+}
+
+/// The answer to [`AgentRequest::TracePolicy`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyTrace {
+    pub src: TracePeer,
+    /// The destination as asked (a service frontend before translation).
+    pub dst: TracePeer,
+    /// The service (`namespace/name`) when the destination was one of its
+    /// frontends; then `paths` has one entry per backend.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    pub paths: Vec<TracePath>,
+    /// Allowed only when every path is (a service without backends is not).
+    pub allowed: bool,
+    /// What the trace could not know (e.g. toFQDNs peers, which only the
+    /// engine's DNS cache knows).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -297,5 +456,69 @@ mod tests {
         assert_eq!(s, r#"{"protocol":1,"request":"status"}"#);
         let s = serde_json::to_string(&Request::new(AgentRequest::ListServices)).unwrap();
         assert_eq!(s, r#"{"protocol":1,"request":"list_services"}"#);
+    }
+
+    #[test]
+    fn policy_requests_and_answers_round_trip() {
+        let r = Request::new(AgentRequest::TracePolicy {
+            trace: TraceRequest {
+                src: "default/a".into(),
+                dst: "10.0.0.2".into(),
+                dport: Some(80),
+                protocol: TraceProtocol::Tcp,
+            },
+        });
+        let text = serde_json::to_string(&r).unwrap();
+        assert_eq!(
+            text,
+            r#"{"protocol":1,"request":"trace_policy","trace":{"src":"default/a","dst":"10.0.0.2","dport":80,"protocol":"tcp"}}"#
+        );
+        assert_eq!(serde_json::from_str::<Request>(&text).unwrap(), r);
+        let peer = |name: &str, addr: &str, identity| TracePeer {
+            name: name.into(),
+            addr: addr.parse().unwrap(),
+            identity,
+            endpoint: Some(name.into()),
+        };
+        let answer = AgentResponse::PolicyTrace {
+            trace: PolicyTrace {
+                src: peer("default/a", "10.0.0.1", 256),
+                dst: peer("default/b", "10.0.0.2", 257),
+                service: None,
+                paths: vec![TracePath {
+                    dst: peer("default/b", "10.0.0.2", 257),
+                    protocol: 6,
+                    port: 80,
+                    egress: None,
+                    ingress: Some(DirectionTrace {
+                        endpoint: "default/b".into(),
+                        decision: TraceDecision::Denied,
+                        rule: Some(RuleOrigin {
+                            kind: "CiliumNetworkPolicy".into(),
+                            namespace: "default".into(),
+                            name: "deny-80".into(),
+                            path: "spec.ingressDeny[0]".into(),
+                        }),
+                        dns: false,
+                        selected_by: Vec::new(),
+                    }),
+                    allowed: false,
+                }],
+                allowed: false,
+                notes: Vec::new(),
+            },
+        };
+        let text = serde_json::to_string(&answer).unwrap();
+        assert!(text.contains(r#""decision":"denied""#), "{text}");
+        assert_eq!(
+            serde_json::from_str::<AgentResponse>(&text).unwrap(),
+            answer
+        );
+        assert_eq!(
+            TraceDecision::NoAllowRule.drop_reason(),
+            Some("policy_denied")
+        );
+        assert!(TraceDecision::AllowedLocalhost.allows());
+        assert!(!TraceDecision::Denied.allows());
     }
 }

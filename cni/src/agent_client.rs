@@ -188,6 +188,8 @@ fn request_name(body: &AgentRequest) -> &'static str {
         AgentRequest::ListEndpoints => "list_endpoints",
         AgentRequest::ListIdentities => "list_identities",
         AgentRequest::ListServices => "list_services",
+        AgentRequest::ListPolicies => "list_policies",
+        AgentRequest::TracePolicy { .. } => "trace_policy",
     }
 }
 

@@ -14,6 +14,7 @@ use crate::attachments::Attachments;
 use crate::desired::{self, Desired, NodeConfig};
 use crate::identity::IdentityAllocator;
 use crate::lb_ids::LbIds;
+use crate::policy::PolicyCache;
 use crate::services::CompileCache;
 use crate::store::StoreHandle;
 
@@ -50,7 +51,8 @@ fn engine_state_changed(a: &NodeState, b: &NodeState) -> bool {
             && a.uplink == b.uplink
             && a.lb == b.lb
             && a.endpoints == b.endpoints
-            && a.ipcache == b.ipcache =>
+            && a.ipcache == b.ipcache
+            && a.policy == b.policy =>
         {
             false
         }
@@ -68,6 +70,8 @@ pub struct AgentCore {
     lb_ids: Mutex<LbIds>,
     /// Each Service's compilation, reused while its objects are unchanged.
     services: Mutex<CompileCache>,
+    /// Policy parses, local identity numbers and the last compilation.
+    policy: Mutex<PolicyCache>,
     desired: watch::Sender<Generation>,
     engine: watch::Sender<EngineView>,
 }
@@ -85,12 +89,14 @@ impl AgentCore {
         identities: IdentityAllocator,
         lb_ids: LbIds,
     ) -> Arc<AgentCore> {
-        let first = desired::compute(
+        let mut policy = PolicyCache::default();
+        let first = desired::compute_cached(
             &store.snapshot(),
             &attachments,
             &config,
             &identities,
             &lb_ids,
+            &mut policy,
         );
         Arc::new(AgentCore {
             config,
@@ -100,6 +106,7 @@ impl AgentCore {
             identities: Mutex::new(identities),
             lb_ids: Mutex::new(lb_ids),
             services: Mutex::new(CompileCache::default()),
+            policy: Mutex::new(policy),
             desired: watch::Sender::new(Generation {
                 number: 0,
                 desired: Arc::new(first),
@@ -121,6 +128,7 @@ impl AgentCore {
             let mut ids = lock(&self.identities);
             let mut lb_ids = lock(&self.lb_ids);
             let mut cache = lock(&self.services);
+            let mut policy = lock(&self.policy);
             match desired::resolve_cached(
                 &store,
                 &attachments,
@@ -128,11 +136,19 @@ impl AgentCore {
                 &mut ids,
                 &mut lb_ids,
                 &mut cache,
+                &mut policy,
             ) {
                 Ok(d) => d,
                 Err(e) => {
                     tracing::error!("{e}");
-                    desired::compute(&store, &attachments, &self.config, &ids, &lb_ids)
+                    desired::compute_cached(
+                        &store,
+                        &attachments,
+                        &self.config,
+                        &ids,
+                        &lb_ids,
+                        &mut policy,
+                    )
                 }
             }
         };
@@ -200,7 +216,7 @@ mod tests {
     use super::*;
     use sluice_tables::{
         Backend, BackendState, Gateway, IpCacheEntry, L4Protocol, LbAlgorithm, LbConfig, MacAddr,
-        Service,
+        PolicyState, RuleOrigin, Service,
     };
 
     fn service(id: u32, backend: &str) -> Service {
@@ -258,6 +274,18 @@ mod tests {
                 service(3, "10.0.0.3"),
             ]),
             NodeState {
+                policy: PolicyState {
+                    rules: vec![RuleOrigin {
+                        kind: "NetworkPolicy".into(),
+                        namespace: "default".into(),
+                        name: "deny".into(),
+                        path: "spec".into(),
+                    }],
+                    ..Default::default()
+                },
+                ..a.clone()
+            },
+            NodeState {
                 ipcache: vec![IpCacheEntry {
                     ip: "10.200.0.5".parse().unwrap(),
                     prefix_len: None,
@@ -267,7 +295,7 @@ mod tests {
             },
         ];
         let changed: Vec<bool> = cases.iter().map(|b| engine_state_changed(&a, b)).collect();
-        assert_eq!(changed, [false, true, false, true, true, true]);
+        assert_eq!(changed, [false, true, false, true, true, true, true]);
         for b in &cases {
             assert_eq!(engine_state_changed(&a, b), !same_state(&a, b), "{b:?}");
         }

@@ -6,16 +6,19 @@
 //! Identity numbers come from the [`IdentityAllocator`], service and backend
 //! numbers from [`LbIds`]; [`resolve`] first allocates what is missing (the
 //! only effect), then [`compute`] is pure. Services are compiled by
-//! [`crate::services`].
+//! [`crate::services`], network policy by [`crate::policy`] (with
+//! `sluice-policy`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr};
 
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
-use sluice_api::agent::{EndpointInfo, IdentityInfo};
+use sluice_api::agent::{EndpointInfo, IdentityInfo, PolicyInfo};
+use sluice_policy::compile::{ClusterPod, LocalEndpoint};
 use sluice_tables::{
-    Cidr, Endpoint, Gateway, IpCacheEntry, LbConfig, MacAddr, NodeState, Service, Uplink,
+    Cidr, Endpoint, Gateway, IpCacheEntry, LbConfig, MacAddr, NodeState, PolicyState, Service,
+    Uplink,
 };
 
 use crate::attachments::{AttachmentRecord, Attachments, PodCidrs};
@@ -24,6 +27,7 @@ use crate::ipam::{gateway_ipv4, GATEWAY_IPV6};
 use crate::labels::{pod_identity_labels, LabelSet};
 use crate::lb_ids::{LbIds, LbIdsExhausted};
 use crate::objects::{Kind, Object};
+use crate::policy::{self, PolicyCache, PolicyInputs, PolicySettings};
 use crate::services::{self, CompileCache, Compiled, NodeView, ServiceConfig};
 use crate::store::Store;
 
@@ -48,6 +52,8 @@ pub struct NodeConfig {
     /// Load-balancing and masquerade settings as configured; the masquerade's
     /// addresses and the pod CIDRs are added per generation.
     pub lb: LbConfig,
+    /// Network policy flags.
+    pub policy: PolicySettings,
 }
 
 /// Everything computed for one generation.
@@ -56,7 +62,10 @@ pub struct Desired {
     pub state: NodeState,
     pub pod_cidrs: PodCidrs,
     pub endpoints: Vec<EndpointInfo>,
+    /// Reserved, label-derived and local (CIDR-derived) identities.
     pub identities: Vec<IdentityInfo>,
+    /// Every policy object, with the local endpoints it selects and its errors.
+    pub policies: Vec<PolicyInfo>,
     /// Conflicts found while computing (each names the objects involved).
     pub errors: Vec<String>,
 }
@@ -112,32 +121,41 @@ fn attachment_labels(
     }
 }
 
+/// A pod's own addresses (`status.podIPs`, else `status.podIP`); none for
+/// pods on the host network and finished ones.
+pub fn pod_ips(pod: &Pod) -> Vec<IpAddr> {
+    if pod.spec.as_ref().and_then(|s| s.host_network) == Some(true) {
+        return Vec::new();
+    }
+    let Some(status) = pod.status.as_ref() else {
+        return Vec::new();
+    };
+    if matches!(status.phase.as_deref(), Some("Succeeded") | Some("Failed")) {
+        return Vec::new();
+    }
+    let mut ips: Vec<IpAddr> = status
+        .pod_ips
+        .iter()
+        .flatten()
+        .filter_map(|p| p.ip.parse().ok())
+        .collect();
+    if ips.is_empty() {
+        ips.extend(
+            status
+                .pod_ip
+                .as_deref()
+                .and_then(|s| s.parse::<IpAddr>().ok()),
+        );
+    }
+    ips
+}
+
 /// Pods whose addresses belong in the ipcache: those with IPs, not on the
 /// host network, not finished.
 fn addressed_pods(store: &Store) -> impl Iterator<Item = (&Pod, Vec<IpAddr>)> {
     store.of_kind(Kind::Pod).filter_map(|o| {
         let Object::Pod(pod) = o else { return None };
-        if pod.spec.as_ref().and_then(|s| s.host_network) == Some(true) {
-            return None;
-        }
-        let status = pod.status.as_ref()?;
-        if matches!(status.phase.as_deref(), Some("Succeeded") | Some("Failed")) {
-            return None;
-        }
-        let mut ips: Vec<IpAddr> = status
-            .pod_ips
-            .iter()
-            .flatten()
-            .filter_map(|p| p.ip.parse().ok())
-            .collect();
-        if ips.is_empty() {
-            ips.extend(
-                status
-                    .pod_ip
-                    .as_deref()
-                    .and_then(|s| s.parse::<IpAddr>().ok()),
-            );
-        }
+        let ips = pod_ips(pod);
         (!ips.is_empty()).then_some((pod, ips))
     })
 }
@@ -200,11 +218,21 @@ pub fn resolve(
     lb_ids: &mut LbIds,
 ) -> Result<Desired, ResolveError> {
     let mut cache = CompileCache::default();
-    resolve_cached(store, attachments, config, ids, lb_ids, &mut cache)
+    let mut policy_cache = PolicyCache::default();
+    resolve_cached(
+        store,
+        attachments,
+        config,
+        ids,
+        lb_ids,
+        &mut cache,
+        &mut policy_cache,
+    )
 }
 
-/// [`resolve`] with the Services compiled through `cache` (the agent keeps
-/// one across generations; the result is the same).
+/// [`resolve`] with the Services compiled through `cache` and the policies
+/// through `policy_cache` (the agent keeps both across generations; the
+/// result is the same, except that local identity numbers stay stable).
 pub fn resolve_cached(
     store: &Store,
     attachments: &Attachments,
@@ -212,6 +240,7 @@ pub fn resolve_cached(
     ids: &mut IdentityAllocator,
     lb_ids: &mut LbIds,
     cache: &mut CompileCache,
+    policy_cache: &mut PolicyCache,
 ) -> Result<Desired, ResolveError> {
     let needed = needed_label_sets(store, attachments, config);
     // New label sets first: a relabelled pod gets a new number, rather than
@@ -249,6 +278,7 @@ pub fn resolve_cached(
         ids,
         lb_ids,
         compiled,
+        policy_cache,
     ))
 }
 
@@ -262,8 +292,35 @@ pub fn compute(
     ids: &IdentityAllocator,
     lb_ids: &LbIds,
 ) -> Desired {
+    compute_cached(
+        store,
+        attachments,
+        config,
+        ids,
+        lb_ids,
+        &mut PolicyCache::default(),
+    )
+}
+
+/// [`compute`] with the policies compiled through `policy_cache`.
+pub fn compute_cached(
+    store: &Store,
+    attachments: &Attachments,
+    config: &NodeConfig,
+    ids: &IdentityAllocator,
+    lb_ids: &LbIds,
+    policy_cache: &mut PolicyCache,
+) -> Desired {
     let compiled = compile_services(store, config);
-    compute_with(store, attachments, config, ids, lb_ids, compiled)
+    compute_with(
+        store,
+        attachments,
+        config,
+        ids,
+        lb_ids,
+        compiled,
+        policy_cache,
+    )
 }
 
 /// The node's LB settings for this generation: the configured ones, with the
@@ -289,6 +346,20 @@ fn lb_config(config: &NodeConfig, cidrs: &PodCidrs) -> LbConfig {
     lb
 }
 
+/// Every pod CIDR of the cluster: this node's and every Node object's.
+fn cluster_pod_cidrs(store: &Store, cidrs: &PodCidrs) -> Vec<Cidr> {
+    let mut out = cidrs.list();
+    for object in store.of_kind(Kind::Node) {
+        let Object::Node(node) = object else { continue };
+        for cidr in node_pod_cidrs(node) {
+            if !out.contains(&cidr) {
+                out.push(cidr);
+            }
+        }
+    }
+    out
+}
+
 fn compute_with(
     store: &Store,
     attachments: &Attachments,
@@ -296,6 +367,7 @@ fn compute_with(
     ids: &IdentityAllocator,
     lb_ids: &LbIds,
     compiled: Compiled,
+    policy_cache: &mut PolicyCache,
 ) -> Desired {
     let cidrs = pod_cidrs(store, config);
     let mut errors = Vec::new();
@@ -304,9 +376,21 @@ fn compute_with(
     // ip -> (identity, owner) ; local endpoints first, they win.
     let mut ipcache: BTreeMap<IpAddr, (u32, String)> = BTreeMap::new();
     let mut usage: BTreeMap<u32, (usize, usize)> = BTreeMap::new();
+    // What the policy compiler reads: this node's endpoints, and every pod
+    // (by namespace/name) with the addresses it owns in the ipcache.
+    let mut local_endpoints: Vec<LocalEndpoint> = Vec::new();
+    let mut cluster_pods: BTreeMap<String, ClusterPod> = BTreeMap::new();
 
     for record in attachments.iter() {
-        let labels = attachment_labels(store, record, config);
+        let pod =
+            record
+                .pod
+                .as_ref()
+                .and_then(|p| match store.get(Kind::Pod, &p.namespace, &p.name) {
+                    Some(Object::Pod(pod)) => Some(pod),
+                    _ => None,
+                });
+        let labels = pod.map(|pod| pod_labels(store, pod, config));
         let identity = labels
             .as_ref()
             .and_then(|l| ids.get(l))
@@ -324,13 +408,36 @@ fn compute_with(
                 identity,
             });
             usage.entry(identity).or_default().0 += 1;
-            for ip in record
+            let ips: Vec<IpAddr> = record
                 .ipv4
                 .map(IpAddr::V4)
                 .into_iter()
                 .chain(record.ipv6.map(IpAddr::V6))
-            {
-                ipcache.insert(ip, (identity, name.clone()));
+                .collect();
+            for ip in &ips {
+                ipcache.insert(*ip, (identity, name.clone()));
+            }
+            let named_ports = pod.map(policy::named_ports).unwrap_or_default();
+            local_endpoints.push(LocalEndpoint {
+                name: name.clone(),
+                identity,
+                labels: labels
+                    .clone()
+                    .unwrap_or_else(|| LabelSet::from(["reserved:init".to_string()])),
+                named_ports: named_ports.clone(),
+            });
+            if let (Some(pod_ref), Some(labels)) = (&record.pod, &labels) {
+                cluster_pods.insert(
+                    name.clone(),
+                    ClusterPod {
+                        namespace: pod_ref.namespace.clone(),
+                        name: pod_ref.name.clone(),
+                        identity,
+                        labels: labels.clone(),
+                        ips,
+                        named_ports,
+                    },
+                );
             }
         }
         infos.push(EndpointInfo {
@@ -354,27 +461,40 @@ fn compute_with(
     }
 
     for (pod, ips) in addressed_pods(store) {
-        let key = format!(
-            "{}/{}",
-            pod.metadata.namespace.as_deref().unwrap_or("default"),
-            pod.metadata.name.as_deref().unwrap_or_default()
-        );
-        let identity = ids
-            .get(&pod_labels(store, pod, config))
-            .unwrap_or(identity::INIT);
+        let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
+        let pod_name = pod.metadata.name.as_deref().unwrap_or_default();
+        let key = format!("{namespace}/{pod_name}");
+        let labels = pod_labels(store, pod, config);
+        let identity = ids.get(&labels).unwrap_or(identity::INIT);
+        let mut owned = Vec::new();
         for ip in ips {
             match ipcache.get(&ip) {
-                Some((_, owner)) if owner == &key => {}
+                Some((_, owner)) if owner == &key => owned.push(ip),
                 Some((_, owner)) => errors.push(format!(
                     "Pod {key}: address {ip} is already used by {owner}; ignored"
                 )),
                 None => {
                     ipcache.insert(ip, (identity, key.clone()));
+                    owned.push(ip);
                 }
+            }
+        }
+        let entry = cluster_pods.entry(key).or_insert_with(|| ClusterPod {
+            namespace: namespace.to_string(),
+            name: pod_name.to_string(),
+            identity,
+            labels,
+            ips: Vec::new(),
+            named_ports: policy::named_ports(pod),
+        });
+        for ip in owned {
+            if !entry.ips.contains(&ip) {
+                entry.ips.push(ip);
             }
         }
     }
 
+    let mut node_addrs: Vec<(IpAddr, u32)> = Vec::new();
     for object in store.of_kind(Kind::Node) {
         let Object::Node(node) = object else { continue };
         let name = node.metadata.name.clone().unwrap_or_default();
@@ -402,29 +522,70 @@ fn compute_with(
                 continue;
             }
             ipcache.insert(ip, (identity, format!("node/{name}")));
+            node_addrs.push((ip, identity));
         }
     }
 
-    for (identity, _) in ipcache.values() {
-        usage.entry(*identity).or_default().1 += 1;
-    }
-    let mut identities: Vec<IdentityInfo> = identity::RESERVED
+    let mut identity_labels: Vec<(u32, LabelSet)> = identity::RESERVED
         .iter()
-        .map(|(id, name)| IdentityInfo {
-            id: *id,
-            labels: vec![format!("reserved:{name}")],
-            reserved: true,
-            endpoints: usage.get(id).map_or(0, |u| u.0),
-            ips: usage.get(id).map_or(0, |u| u.1),
-        })
+        .map(|(id, name)| (*id, LabelSet::from([format!("reserved:{name}")])))
         .collect();
-    identities.extend(ids.all().into_iter().map(|(id, labels)| IdentityInfo {
+    let allocated = ids.all();
+    identity_labels.extend(
+        allocated
+            .iter()
+            .map(|(id, labels)| (*id, labels.iter().cloned().collect())),
+    );
+    let policy = policy::compile(
+        store,
+        PolicyInputs {
+            endpoints: local_endpoints,
+            identities: identity_labels,
+            pods: cluster_pods.into_values().collect(),
+            nodes: node_addrs,
+            services: policy::cluster_services(store, &compiled.drafts),
+            pod_cidrs: cluster_pod_cidrs(store, &cidrs),
+        },
+        &config.policy,
+        policy_cache,
+    );
+    let ipcache = policy::merge_ipcache(
+        ipcache
+            .into_iter()
+            .map(|(ip, (identity, _))| IpCacheEntry {
+                ip,
+                prefix_len: None,
+                identity,
+            })
+            .collect(),
+        &policy.ipcache,
+    );
+
+    for entry in &ipcache {
+        usage.entry(entry.identity).or_default().1 += 1;
+    }
+    let info = |id: u32, labels: Vec<String>, reserved: bool| IdentityInfo {
         id,
         labels,
-        reserved: false,
+        reserved,
         endpoints: usage.get(&id).map_or(0, |u| u.0),
         ips: usage.get(&id).map_or(0, |u| u.1),
-    }));
+    };
+    let mut identities: Vec<IdentityInfo> = identity::RESERVED
+        .iter()
+        .map(|(id, name)| info(*id, vec![format!("reserved:{name}")], true))
+        .collect();
+    identities.extend(
+        allocated
+            .into_iter()
+            .map(|(id, labels)| info(id, labels, false)),
+    );
+    identities.extend(
+        policy
+            .local_identities
+            .into_iter()
+            .map(|(id, labels)| info(id, labels, false)),
+    );
 
     let gateway = Gateway {
         mac: config.gateway_mac,
@@ -440,6 +601,7 @@ fn compute_with(
         u.pod_cidrs = cidrs.list();
     }
     errors.extend(compiled.errors);
+    errors.extend(policy.errors);
     let services: Vec<Service> = lb_ids.number(compiled.drafts, &mut errors);
     let lb = lb_config(config, &cidrs);
     Desired {
@@ -448,21 +610,15 @@ fn compute_with(
             endpoints,
             mtu: config.mtu,
             uplink,
-            ipcache: ipcache
-                .into_iter()
-                .map(|(ip, (identity, _))| IpCacheEntry {
-                    ip,
-                    prefix_len: None,
-                    identity,
-                })
-                .collect(),
+            ipcache,
             services,
             lb,
-            policy: Default::default(),
+            policy: policy.state,
         },
         pod_cidrs: cidrs,
         endpoints: infos,
         identities,
+        policies: policy.policies,
         errors,
     }
 }
@@ -523,13 +679,34 @@ impl Desired {
             );
         }
         for entry in &s.ipcache {
-            let _ = writeln!(out, "ipcache {} {}", entry.ip, entry.identity);
+            match entry.prefix_len {
+                Some(len) => writeln!(out, "ipcache {}/{len} {}", entry.ip, entry.identity),
+                None => writeln!(out, "ipcache {} {}", entry.ip, entry.identity),
+            }
+            .unwrap_or(());
         }
         if !s.services.is_empty() || s.lb != LbConfig::default() {
             dump_lb(&mut out, &s.lb);
         }
         for service in &s.services {
             dump_service(&mut out, service);
+        }
+        for p in &self.policies {
+            let _ = writeln!(
+                out,
+                "policy {} rules={} endpoints={} errors={}",
+                policy::policy_label(&p.kind, &p.namespace, &p.name),
+                p.rules,
+                if p.endpoints.is_empty() {
+                    "-".to_string()
+                } else {
+                    p.endpoints.join(",")
+                },
+                p.errors.len()
+            );
+        }
+        if s.policy != PolicyState::default() {
+            out.push_str(&policy::dump_state(&s.policy));
         }
         for e in &self.errors {
             let _ = writeln!(out, "error {e}");

@@ -6,7 +6,9 @@
 //!   default (hashes, generations and other per-pod values that would mint one
 //!   identity per pod; see [`ignored_pod_label`]);
 //! - `k8s:io.kubernetes.pod.namespace=<namespace>`;
-//! - every label of its namespace as `k8s:io.cilium.k8s.namespace.labels.<key>=<value>`;
+//! - every label of its namespace as `k8s:io.cilium.k8s.namespace.labels.<key>=<value>`,
+//!   always including `kubernetes.io/metadata.name=<namespace>` (as the API
+//!   server sets it), even when the Namespace object is not known;
 //! - `k8s:io.cilium.k8s.policy.serviceaccount=<service account>`;
 //! - `k8s:io.cilium.k8s.policy.cluster=<cluster name>`.
 
@@ -18,6 +20,8 @@ pub const NAMESPACE_LABEL: &str = "io.kubernetes.pod.namespace";
 pub const NAMESPACE_LABELS_PREFIX: &str = "io.cilium.k8s.namespace.labels.";
 pub const SERVICE_ACCOUNT_LABEL: &str = "io.cilium.k8s.policy.serviceaccount";
 pub const CLUSTER_LABEL: &str = "io.cilium.k8s.policy.cluster";
+/// The label the API server puts on every Namespace: its name.
+pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
 
 /// A sorted set of `source:key=value` labels; its text form is the identity's key.
 pub type LabelSet = BTreeSet<String>;
@@ -60,9 +64,17 @@ pub fn pod_identity_labels(pod: &Pod, namespace: Option<&Namespace>, cluster: &s
     set.insert(format!("k8s:{NAMESPACE_LABEL}={ns}"));
     if let Some(labels) = namespace.and_then(|n| n.metadata.labels.as_ref()) {
         for (key, value) in labels {
-            set.insert(format!("k8s:{NAMESPACE_LABELS_PREFIX}{key}={value}"));
+            if key != NAMESPACE_NAME_LABEL {
+                set.insert(format!("k8s:{NAMESPACE_LABELS_PREFIX}{key}={value}"));
+            }
         }
     }
+    // The API server gives every Namespace this label with its own name
+    // (and refuses another value); standalone manifests and namespaces not
+    // (yet) read carry it too, so `namespaceSelector` on it always works.
+    set.insert(format!(
+        "k8s:{NAMESPACE_LABELS_PREFIX}{NAMESPACE_NAME_LABEL}={ns}"
+    ));
     let sa = pod
         .spec
         .as_ref()
@@ -119,9 +131,33 @@ mod tests {
         assert_eq!(
             got,
             [
+                "k8s:io.cilium.k8s.namespace.labels.kubernetes.io/metadata.name=default",
                 "k8s:io.cilium.k8s.policy.cluster=default",
                 "k8s:io.cilium.k8s.policy.serviceaccount=default",
                 "k8s:io.kubernetes.pod.namespace=default",
+            ]
+        );
+    }
+
+    /// The namespace-name label is the namespace's name whatever the object
+    /// says (the API server would refuse another value).
+    #[test]
+    fn namespace_name_label_is_always_the_name() {
+        let p = pod("metadata: {name: a, namespace: x}\nspec: {containers: []}");
+        let ns: Namespace = serde_yaml_ng::from_str(
+            "metadata: {name: x, labels: {kubernetes.io/metadata.name: other, ns: x}}",
+        )
+        .unwrap();
+        let got = pod_identity_labels(&p, Some(&ns), "c");
+        let ns_labels: Vec<&String> = got
+            .iter()
+            .filter(|l| l.starts_with("k8s:io.cilium.k8s.namespace.labels."))
+            .collect();
+        assert_eq!(
+            ns_labels,
+            [
+                "k8s:io.cilium.k8s.namespace.labels.kubernetes.io/metadata.name=x",
+                "k8s:io.cilium.k8s.namespace.labels.ns=x",
             ]
         );
     }

@@ -3,7 +3,8 @@
 //! API, and serves the CNI plugin and the CLI on its own socket.
 //!
 //! Layers, one way: `source` -> `store` -> `desired` (pure, with `labels`,
-//! `identity`, `ipam`, `attachments`, `services`, `lb_ids`) -> `core` -> `engine_client` / `server`.
+//! `identity`, `ipam`, `attachments`, `services`, `lb_ids`, `policy`) ->
+//! `core` -> `engine_client` / `server` (with `policy_trace`).
 
 pub mod attachments;
 pub mod core;
@@ -15,6 +16,8 @@ pub mod labels;
 pub mod lb_ids;
 pub mod objects;
 pub mod persist;
+pub mod policy;
+pub mod policy_trace;
 pub mod run;
 pub mod server;
 pub mod services;

@@ -8,8 +8,10 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use base64::Engine as _;
 use clap::{Parser, ValueEnum};
+use sluice_policy::compile::CidrMatch;
 use sluice_tables::{
-    Cidr, LbAlgorithm, LbConfig, MacAddr, Masquerade, NoBackendResponse, Uplink, MAGLEV_TABLE_SIZES,
+    Cidr, Enforcement, LbAlgorithm, LbConfig, MacAddr, Masquerade, NoBackendResponse, Uplink,
+    MAGLEV_TABLE_SIZES,
 };
 
 use crate::attachments::Attachments;
@@ -17,6 +19,7 @@ use crate::core::AgentCore;
 use crate::desired::NodeConfig;
 use crate::identity::IdentityAllocator;
 use crate::lb_ids::LbIds;
+use crate::policy::PolicySettings;
 use crate::services::ServiceConfig;
 use crate::source::{kube::KubeSource, manifests::ManifestSource, Source};
 use crate::store::StoreHandle;
@@ -97,6 +100,76 @@ pub struct AgentArgs {
     /// Destinations never masqueraded, besides the pod CIDRs (always included).
     #[arg(long, value_delimiter = ',', value_parser = parse_cidr)]
     pub non_masquerade_cidrs: Vec<Cidr>,
+    /// Policy enforcement (Cilium's flag): `default` enforces a direction of an
+    /// endpoint once a policy selects it for that direction, `always` makes
+    /// every endpoint default-deny, `never` enforces nothing.
+    #[arg(long, value_enum, default_value_t = EnforcementArg::Default)]
+    pub enable_policy: EnforcementArg,
+    /// Traffic from this node (identity host) to its endpoints: `always`
+    /// passes without policy (Cilium's default), `policy` is subject to the
+    /// endpoints' ingress policy.
+    #[arg(long, value_enum, default_value_t = AllowLocalhostArg::Always)]
+    pub allow_localhost: AllowLocalhostArg,
+    /// Which cluster addresses CIDR rules (fromCIDR, toCIDRSet, ipBlock)
+    /// match besides world addresses, a comma list of `nodes` and `pods`;
+    /// empty matches world addresses only (Cilium's default). Sluice's
+    /// default `pods` is what the upstream NetworkPolicy ipBlock cases need.
+    #[arg(long, default_value = "pods", value_parser = parse_cidr_match)]
+    pub policy_cidr_match_mode: CidrMatch,
+    /// Most addresses the engine's FQDN cache keeps per DNS name (toFQDNs).
+    #[arg(long, default_value_t = 1000)]
+    pub tofqdns_endpoint_max_ip_per_hostname: u32,
+    /// Shortest time (seconds) a DNS answer's addresses stay allowed, whatever
+    /// its TTL.
+    #[arg(long, default_value_t = 0)]
+    pub tofqdns_min_ttl: u32,
+}
+
+/// `--enable-policy`
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum EnforcementArg {
+    Default,
+    Always,
+    Never,
+}
+
+/// `--allow-localhost`
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum AllowLocalhostArg {
+    Always,
+    Policy,
+}
+
+/// `--policy-cidr-match-mode`: a comma list of `nodes` and `pods`, or empty.
+pub fn parse_cidr_match(text: &str) -> Result<CidrMatch, String> {
+    let mut mode = CidrMatch::default();
+    for word in text.split(',').map(str::trim).filter(|w| !w.is_empty()) {
+        match word {
+            "nodes" => mode.nodes = true,
+            "pods" => mode.pods = true,
+            other => {
+                return Err(format!(
+                    "{other:?} is not a CIDR match mode (a comma list of nodes, pods; empty for world only)"
+                ))
+            }
+        }
+    }
+    Ok(mode)
+}
+
+/// The node's policy settings from the flags.
+pub fn policy_settings(args: &AgentArgs) -> PolicySettings {
+    PolicySettings {
+        enforcement: match args.enable_policy {
+            EnforcementArg::Default => Enforcement::Default,
+            EnforcementArg::Always => Enforcement::Always,
+            EnforcementArg::Never => Enforcement::Never,
+        },
+        allow_localhost: args.allow_localhost == AllowLocalhostArg::Always,
+        cidr_match: args.policy_cidr_match_mode,
+        fqdn_max_ips_per_name: args.tofqdns_endpoint_max_ip_per_hostname,
+        fqdn_min_ttl_seconds: args.tofqdns_min_ttl,
+    }
 }
 
 /// `--lb-algorithm`
@@ -271,6 +344,7 @@ pub fn node_config(args: &AgentArgs) -> anyhow::Result<NodeConfig> {
             node_port_max: args.node_port_range.1,
         },
         lb: lb_config(args),
+        policy: policy_settings(args),
     })
 }
 
@@ -467,6 +541,61 @@ mod tests {
         assert_eq!(parse_maglev_seed("AAAAAAAAAAAAAAAA").unwrap(), 0);
         assert_eq!(parse_maglev_seed("AQAAAAAAAAAAAAAA").unwrap(), 1);
         assert_eq!(parse_maglev_seed("AAAAAAAAAAABAAAA").unwrap(), 1 << 32);
+    }
+
+    #[test]
+    fn policy_flags_default_to_ciliums_choices_except_pod_cidr_matching() {
+        let a = args(&[]).unwrap();
+        assert_eq!(policy_settings(&a), PolicySettings::default());
+        let p = policy_settings(&a);
+        assert_eq!(p.enforcement, Enforcement::Default);
+        assert!(p.allow_localhost);
+        assert_eq!(
+            p.cidr_match,
+            CidrMatch {
+                nodes: false,
+                pods: true
+            }
+        );
+        assert_eq!((p.fqdn_max_ips_per_name, p.fqdn_min_ttl_seconds), (1000, 0));
+        let a = args(&[
+            "--enable-policy",
+            "always",
+            "--allow-localhost",
+            "policy",
+            "--policy-cidr-match-mode",
+            "nodes,pods",
+            "--tofqdns-endpoint-max-ip-per-hostname",
+            "50",
+            "--tofqdns-min-ttl",
+            "3600",
+        ])
+        .unwrap();
+        let p = policy_settings(&a);
+        assert_eq!(p.enforcement, Enforcement::Always);
+        assert!(!p.allow_localhost);
+        assert_eq!(
+            p.cidr_match,
+            CidrMatch {
+                nodes: true,
+                pods: true
+            }
+        );
+        assert_eq!(
+            (p.fqdn_max_ips_per_name, p.fqdn_min_ttl_seconds),
+            (50, 3600)
+        );
+        // Empty: world addresses only, as Cilium by default.
+        let a = args(&["--policy-cidr-match-mode=", "--enable-policy", "never"]).unwrap();
+        let p = policy_settings(&a);
+        assert_eq!(p.cidr_match, CidrMatch::default());
+        assert_eq!(p.enforcement, Enforcement::Never);
+        let err = args(&["--policy-cidr-match-mode", "pods,world"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("\"world\" is not a CIDR match mode"), "{err}");
+        assert!(args(&["--enable-policy", "sometimes"]).is_err());
+        assert!(args(&["--allow-localhost", "auto"]).is_err());
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The agent's unix socket: one request and one response per connection,
 //! for the CNI plugin (allocate, register, release, check, gc, status) and
-//! the CLI (status, endpoint, identity and service lists).
+//! the CLI (status, endpoint, identity, service and policy lists, policy
+//! traces).
 
 use std::net::IpAddr;
 use std::path::Path;
@@ -260,6 +261,17 @@ async fn answer(core: &Arc<AgentCore>, request: AgentRequest) -> AgentResponse {
             AgentResponse::Services {
                 services: current.desired.state.services.clone(),
                 lb: current.desired.state.lb.clone(),
+            }
+        }
+        AgentRequest::ListPolicies => AgentResponse::Policies {
+            policies: core.current().desired.policies.clone(),
+        },
+        AgentRequest::TracePolicy { trace } => {
+            let current = core.current();
+            let store = core.store.snapshot();
+            match crate::policy_trace::trace(&current.desired, &store, &trace) {
+                Ok(trace) => AgentResponse::PolicyTrace { trace },
+                Err(e) => error(ErrorKind::Invalid, format!("trace: {e}")),
             }
         }
     }

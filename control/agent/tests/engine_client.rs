@@ -30,6 +30,7 @@ fn config() -> NodeConfig {
         uplink: None,
         services: Default::default(),
         lb: Default::default(),
+        policy: Default::default(),
     }
 }
 

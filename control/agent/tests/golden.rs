@@ -36,6 +36,7 @@ fn config() -> NodeConfig {
         uplink: None,
         services: Default::default(),
         lb: LbConfig::default(),
+        policy: Default::default(),
     }
 }
 

@@ -727,3 +727,199 @@ async fn failing_list_backs_off_exponentially() {
     assert_eq!(lists.len(), 3, "list attempts at {lists:?}");
     running.stop().await;
 }
+
+/// The desired state of `store` for a node `node-a` on which default/web-1
+/// and shop/cart-1 run.
+fn desired_of(store: &Store) -> sluice_agent::desired::Desired {
+    use sluice_agent::attachments::Attachments;
+    use sluice_agent::desired::{pod_cidrs, resolve, NodeConfig};
+    use sluice_api::agent::{host_ifname, Attachment, PodRef, RegisteredEndpoint};
+    use sluice_tables::MacAddr;
+
+    let config = NodeConfig {
+        node_name: "node-a".into(),
+        cluster_name: "default".into(),
+        gateway_mac: MacAddr([2, 0x53, 0x4c, 0, 0, 1]),
+        mtu: 1500,
+        veth_queues: 1,
+        pod_cidrs: Vec::new(),
+        uplink: None,
+        services: Default::default(),
+        lb: Default::default(),
+        policy: Default::default(),
+    };
+    let mut attachments = Attachments::in_memory();
+    for (i, (namespace, name)) in [("default", "web-1"), ("shop", "cart-1")]
+        .iter()
+        .enumerate()
+    {
+        let attachment = Attachment {
+            container_id: format!("c{i}"),
+            ifname: "eth0".into(),
+        };
+        let pod = PodRef {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        };
+        attachments
+            .allocate(
+                &attachment,
+                Some(pod),
+                "/proc/1/ns/net",
+                &pod_cidrs(store, &config),
+            )
+            .unwrap();
+        attachments.register(RegisteredEndpoint {
+            host_ifname: host_ifname(&attachment),
+            attachment,
+            host_ifindex: 10 + i as u32,
+            container_mac: MacAddr([2, 0, 0, 0, 0, 10 + i as u8]),
+        });
+    }
+    resolve(
+        store,
+        &attachments,
+        &config,
+        &mut sluice_agent::identity::IdentityAllocator::in_memory(),
+        &mut sluice_agent::lb_ids::LbIds::in_memory(),
+    )
+    .unwrap()
+}
+
+/// The `Kind namespace/name` of every rule origin in the compiled state.
+fn rule_policies(desired: &sluice_agent::desired::Desired) -> BTreeSet<String> {
+    desired
+        .state
+        .policy
+        .rules
+        .iter()
+        .map(|r| format!("{} {}/{}", r.kind, r.namespace, r.name))
+        .collect()
+}
+
+/// A NetworkPolicy and a CiliumNetworkPolicy delivered by the API (listed,
+/// then changed through the watch) reach the desired state: compiled into
+/// the local endpoints' tables and listed with what they select; the
+/// clusterwide host policy (nodeSelector) is reported, not applied.
+#[tokio::test]
+async fn policies_from_the_api_reach_the_desired_state() {
+    let double = ApiDouble::start().await;
+    seed(&double);
+    let running = started(&double).await;
+    let desired = desired_of(&running.store.snapshot());
+
+    let listed: Vec<(String, usize, Vec<String>, usize)> = desired
+        .policies
+        .iter()
+        .map(|p| {
+            let name = if p.namespace.is_empty() {
+                p.name.clone()
+            } else {
+                format!("{}/{}", p.namespace, p.name)
+            };
+            (name, p.rules, p.endpoints.clone(), p.errors.len())
+        })
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            (
+                "shop/deny-all".to_string(),
+                1,
+                vec!["shop/cart-1".to_string()],
+                0
+            ),
+            (
+                "default/allow-web".to_string(),
+                1,
+                vec!["default/web-1".to_string()],
+                0
+            ),
+            ("host-fw".to_string(), 0, vec![], 1),
+        ]
+    );
+    assert!(
+        desired.errors.iter().any(|e| e
+            .starts_with("CiliumClusterwideNetworkPolicy host-fw: specs[0]")
+            && e.contains("nodeSelector")),
+        "{:?}",
+        desired.errors
+    );
+    assert_eq!(
+        rule_policies(&desired),
+        BTreeSet::from([
+            "CiliumNetworkPolicy default/allow-web".to_string(),
+            "NetworkPolicy shop/deny-all".to_string(),
+        ])
+    );
+    let policy = &desired.state.policy;
+    let tables_of = |endpoint: &str| {
+        let e = policy
+            .endpoints
+            .iter()
+            .find(|e| e.endpoint == endpoint)
+            .unwrap_or_else(|| panic!("{endpoint} has no tables: {policy:#?}"));
+        (
+            policy.tables[e.ingress as usize].clone(),
+            policy.tables[e.egress as usize].clone(),
+        )
+    };
+    // deny-all: cart-1 default-deny on ingress, nothing allowed; egress free.
+    let (ingress, egress) = tables_of("shop/cart-1");
+    assert!(
+        ingress.enforced && ingress.entries.is_empty(),
+        "{ingress:?}"
+    );
+    assert!(!egress.enforced);
+    // allow-web: web-1 takes everything from namespace default.
+    let (ingress, _) = tables_of("default/web-1");
+    assert!(
+        ingress.enforced && !ingress.entries.is_empty(),
+        "{ingress:?}"
+    );
+
+    // The CNP turns into a deny through the watch; the next desired state
+    // has the deny entry, the NetworkPolicy deleted leaves cart-1 free.
+    double.apply(
+        "ciliumnetworkpolicies",
+        json!({"apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy",
+               "metadata": {"name": "allow-web", "namespace": "default"},
+               "spec": {"endpointSelector": {"matchLabels": {"app": "web-1"}},
+                        "ingressDeny": [{"fromEntities": ["world"]}]}}),
+    );
+    double.delete("networkpolicies", "shop", "deny-all");
+    let store = running
+        .until("policy changes applied", |s| {
+            s.of_kind(Kind::NetworkPolicy).count() == 0
+                && matches!(
+                    s.get(Kind::CiliumNetworkPolicy, "default", "allow-web"),
+                    Some(Object::CiliumNetworkPolicy(p)) if p.rest["spec"].get("ingressDeny").is_some()
+                )
+        })
+        .await;
+    let desired = desired_of(&store);
+    assert_eq!(
+        rule_policies(&desired),
+        BTreeSet::from(["CiliumNetworkPolicy default/allow-web".to_string()])
+    );
+    let policy = &desired.state.policy;
+    let web = policy
+        .endpoints
+        .iter()
+        .find(|e| e.endpoint == "default/web-1")
+        .unwrap();
+    let ingress = &policy.tables[web.ingress as usize];
+    assert!(
+        ingress
+            .entries
+            .iter()
+            .any(|e| e.action == sluice_tables::Action::Deny
+                && e.peer == sluice_tables::Peer::Identity(2)),
+        "{ingress:?}"
+    );
+    assert!(!policy
+        .endpoints
+        .iter()
+        .any(|e| e.endpoint == "shop/cart-1" && policy.tables[e.ingress as usize].enforced));
+    running.stop().await;
+}

@@ -1,4 +1,5 @@
-//! Commands answered by the agent: status, endpoint, identity and service lists.
+//! Commands answered by the agent: status, endpoint, identity, service and
+//! policy lists, policy traces.
 
 use std::io::BufReader;
 use std::os::unix::net::UnixStream;
@@ -7,7 +8,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use sluice_api::agent::{
-    AgentRequest, AgentResponse, AgentStatus, EndpointInfo, IdentityInfo, Request,
+    AgentRequest, AgentResponse, AgentStatus, EndpointInfo, IdentityInfo, PolicyInfo, PolicyTrace,
+    Request, TraceRequest,
 };
 use sluice_api::{read_message, write_message};
 
@@ -57,6 +59,20 @@ pub fn identities(socket: &Path) -> anyhow::Result<Vec<IdentityInfo>> {
     match ask(socket, AgentRequest::ListIdentities)? {
         AgentResponse::Identities { identities } => Ok(identities),
         other => bail!("unexpected answer to identity list: {other:?}"),
+    }
+}
+
+pub fn policies(socket: &Path) -> anyhow::Result<Vec<PolicyInfo>> {
+    match ask(socket, AgentRequest::ListPolicies)? {
+        AgentResponse::Policies { policies } => Ok(policies),
+        other => bail!("unexpected answer to policy get: {other:?}"),
+    }
+}
+
+pub fn trace_policy(socket: &Path, trace: TraceRequest) -> anyhow::Result<PolicyTrace> {
+    match ask(socket, AgentRequest::TracePolicy { trace })? {
+        AgentResponse::PolicyTrace { trace } => Ok(trace),
+        other => bail!("unexpected answer to policy trace: {other:?}"),
     }
 }
 
@@ -132,12 +148,28 @@ pub fn print_endpoints(list: &[EndpointInfo]) {
     }
 }
 
+/// Where an identity number comes from: Cilium's reserved ones, the
+/// cluster's label-derived ones, or node-local ones (CIDR rules, from 1<<24).
+pub fn identity_scope(id: u32) -> &'static str {
+    if id >= sluice_tables::policy::identity::FIRST_LOCAL {
+        "local"
+    } else if id < 256 {
+        "reserved"
+    } else {
+        "cluster"
+    }
+}
+
 pub fn print_identities(list: &[IdentityInfo]) {
-    println!("{:>8} {:>9} {:>5}  LABELS", "ID", "ENDPOINTS", "IPS");
+    println!(
+        "{:>8} {:<8} {:>9} {:>5}  LABELS",
+        "ID", "SCOPE", "ENDPOINTS", "IPS"
+    );
     for i in list {
         println!(
-            "{:>8} {:>9} {:>5}  {}",
+            "{:>8} {:<8} {:>9} {:>5}  {}",
             i.id,
+            identity_scope(i.id),
             i.endpoints,
             i.ips,
             i.labels.join(" ")

@@ -1,18 +1,22 @@
 //! `sluice`: the command line for people. Engine counters and the connection
-//! table come from the engine's stats socket; status, endpoints, identities
-//! and services from the agent.
+//! table come from the engine's stats socket; status, endpoints, identities,
+//! services, policies and policy traces from the agent; `policy validate`
+//! reads files only.
 
 mod agent;
 mod conntrack;
 mod engine;
+mod policy;
+mod policy_validate;
 mod services;
 
 use std::path::PathBuf;
 
 use anyhow::bail;
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 use engine::ask;
 use serde_json::Value;
+use sluice_api::agent::{TraceProtocol, TraceRequest};
 
 #[derive(Parser, Debug)]
 #[command(name = "sluice", about = "Sluice dataplane command line")]
@@ -79,6 +83,87 @@ enum Command {
         #[command(subcommand)]
         command: ConntrackCommand,
     },
+    /// Network policy: validate files, list what the agent enforces, trace
+    /// a connection.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+}
+
+/// `-o`: how answers are printed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
+/// `--protocol` of `policy trace`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum TraceProtocolArg {
+    Tcp,
+    Udp,
+    Sctp,
+    /// ICMP (ICMPv6 for IPv6 peers); --dport is the ICMP type (default echo request).
+    Icmp,
+}
+
+#[derive(Subcommand, Debug)]
+enum PolicyCommand {
+    /// Parse and validate policy manifests (CiliumNetworkPolicy,
+    /// CiliumClusterwideNetworkPolicy, NetworkPolicy) without an agent; exits
+    /// 1 when any policy is invalid.
+    Validate {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// The policies the agent read: rules, selected local endpoints,
+    /// errors, and drops when the engine answers.
+    Get {
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// The verdict for a new connection and the rules that decide it, on
+    /// the agent's current state. Exits 0 when allowed, 1 when denied, 2 when
+    /// it cannot be traced.
+    Trace {
+        #[command(flatten)]
+        connection: TraceArgs,
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+}
+
+/// The connection `policy trace` asks about.
+#[derive(clap::Args, Debug)]
+struct TraceArgs {
+    /// `namespace/pod`, a local endpoint name, an address, `world` or `host`.
+    #[arg(long)]
+    src: String,
+    /// Same forms as --src; a Service frontend address is traced to each backend.
+    #[arg(long)]
+    dst: String,
+    /// Destination port (for ICMP the type).
+    #[arg(long)]
+    dport: Option<u16>,
+    #[arg(long, value_enum, default_value_t = TraceProtocolArg::Tcp)]
+    protocol: TraceProtocolArg,
+}
+
+impl TraceArgs {
+    fn request(&self) -> TraceRequest {
+        TraceRequest {
+            src: self.src.clone(),
+            dst: self.dst.clone(),
+            dport: self.dport,
+            protocol: match self.protocol {
+                TraceProtocolArg::Tcp => TraceProtocol::Tcp,
+                TraceProtocolArg::Udp => TraceProtocol::Udp,
+                TraceProtocolArg::Sctp => TraceProtocol::Sctp,
+                TraceProtocolArg::Icmp => TraceProtocol::Icmp,
+            },
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -264,6 +349,62 @@ fn main() -> anyhow::Result<()> {
         Command::Conntrack { command } => {
             conntrack_command(&cli.engine_socket, &cli.agent_socket, command)?
         }
+        Command::Policy { command } => {
+            policy_command(&cli.engine_socket, &cli.agent_socket, command)?
+        }
+    }
+    Ok(())
+}
+
+fn policy_command(
+    engine_socket: &std::path::Path,
+    agent_socket: &std::path::Path,
+    command: PolicyCommand,
+) -> anyhow::Result<()> {
+    match command {
+        PolicyCommand::Validate { files } => {
+            let (report, ok) = policy_validate::validate_files(&files);
+            print!("{report}");
+            if !ok {
+                std::process::exit(1);
+            }
+        }
+        PolicyCommand::Get { output } => {
+            let list = agent::policies(agent_socket)?;
+            // Drops are the engine's; the listing stands without them.
+            let stats = ask(engine_socket, "stats").ok();
+            match output {
+                Output::Json => {
+                    let out = serde_json::json!({
+                        "policies": list,
+                        "policy_drops": stats.as_ref().map(|s| s["policy_drops"].clone()),
+                    });
+                    println!("{}", serde_json::to_string_pretty(&out)?);
+                }
+                Output::Table => {
+                    let drops = stats.as_ref().map(policy::drops_by_policy);
+                    print!("{}", policy::render_policies(&list, drops.as_ref()));
+                }
+            }
+        }
+        PolicyCommand::Trace { connection, output } => {
+            // 0 allowed, 1 denied, 2 no answer: scripts can tell a denial
+            // from a failure.
+            let answer = match agent::trace_policy(agent_socket, connection.request()) {
+                Ok(answer) => answer,
+                Err(e) => {
+                    eprintln!("Error: {e:#}");
+                    std::process::exit(2);
+                }
+            };
+            match output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&answer)?),
+                Output::Table => print!("{}", policy::render_trace(&answer)),
+            }
+            if !answer.allowed {
+                std::process::exit(1);
+            }
+        }
     }
     Ok(())
 }
@@ -358,6 +499,119 @@ mod tests {
         assert!(parse(&["conntrack", "list", "--protocol", "gre"]).is_err());
         assert!(parse(&["conntrack", "list", "--src", "10.0.0"]).is_err());
         assert!(parse(&["conntrack", "flush", "--limit", "3"]).is_err());
+    }
+
+    #[test]
+    fn policy_commands_parse() {
+        let cli = parse(&[
+            "policy",
+            "trace",
+            "--src",
+            "default/a",
+            "--dst",
+            "10.96.0.10",
+            "--dport",
+            "80",
+            "--protocol",
+            "udp",
+            "-o",
+            "json",
+        ])
+        .unwrap();
+        let Command::Policy {
+            command: PolicyCommand::Trace { connection, output },
+        } = cli.command
+        else {
+            panic!("not a policy trace: {:?}", cli.command);
+        };
+        assert_eq!(
+            connection.request(),
+            TraceRequest {
+                src: "default/a".into(),
+                dst: "10.96.0.10".into(),
+                dport: Some(80),
+                protocol: TraceProtocol::Udp,
+            }
+        );
+        assert_eq!(output, Output::Json);
+        // TCP and the table by default; ICMP needs no port.
+        let cli = parse(&[
+            "policy", "trace", "--src", "world", "--dst", "x/b", "--dport", "81",
+        ]);
+        assert!(matches!(
+            cli.unwrap().command,
+            Command::Policy {
+                command: PolicyCommand::Trace {
+                    connection: TraceArgs {
+                        protocol: TraceProtocolArg::Tcp,
+                        ..
+                    },
+                    output: Output::Table,
+                }
+            }
+        ));
+        let cli = parse(&[
+            "policy",
+            "trace",
+            "--src",
+            "a/a",
+            "--dst",
+            "a/b",
+            "--protocol",
+            "icmp",
+        ]);
+        let Command::Policy {
+            command: PolicyCommand::Trace { connection, .. },
+        } = cli.unwrap().command
+        else {
+            panic!("not a policy trace");
+        };
+        let request = connection.request();
+        assert_eq!(
+            (request.protocol, request.dport),
+            (TraceProtocol::Icmp, None)
+        );
+        assert!(parse(&["policy", "trace", "--src", "a/a"]).is_err());
+        assert!(parse(&[
+            "policy",
+            "trace",
+            "--src",
+            "a",
+            "--dst",
+            "b",
+            "--protocol",
+            "gre"
+        ])
+        .is_err());
+        assert!(
+            parse(&["policy", "trace", "--src", "a", "--dst", "b", "--dport", "70000"]).is_err()
+        );
+
+        let cli = parse(&["policy", "get", "-o", "json"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Policy {
+                command: PolicyCommand::Get {
+                    output: Output::Json
+                }
+            }
+        ));
+        assert!(parse(&["policy", "get", "-o", "yaml"]).is_err());
+        let cli = parse(&["policy", "validate", "a.yaml", "b.yaml"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Policy { command: PolicyCommand::Validate { files } }
+                if files == [PathBuf::from("a.yaml"), PathBuf::from("b.yaml")]
+        ));
+        assert!(parse(&["policy", "validate"]).is_err());
+    }
+
+    #[test]
+    fn identity_scopes_follow_the_number_ranges() {
+        assert_eq!(agent::identity_scope(2), "reserved");
+        assert_eq!(agent::identity_scope(256), "cluster");
+        assert_eq!(agent::identity_scope(65535), "cluster");
+        assert_eq!(agent::identity_scope(1 << 24), "local");
     }
 
     #[test]
