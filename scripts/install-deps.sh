@@ -7,7 +7,8 @@ PACKAGES="clang llvm libbpf-dev libelf-dev zlib1g-dev m4 pkg-config linux-libc-d
 iproute2 iputils-ping iperf3 ethtool netsniff-ng bpftool procps util-linux
 iptables nftables sockperf
 containerd containernetworking-plugins busybox-static
-python3 curl nginx-light"
+python3 curl nginx-light
+dnsmasq-base"
 
 missing=""
 for pkg in $PACKAGES; do
