@@ -26,6 +26,16 @@ fn corpus() -> Vec<(String, String, Vec<u8>)> {
         ));
         files.push(("wire_parse".into(), name, f.input.clone()));
     }
+    // The policy fixtures seed their own target (other tables).
+    for (i, f) in fixtures::policy_all().iter().enumerate() {
+        let name = format!("policy-{i:02}-{}", slug(f.description));
+        files.push((
+            "pipeline_policy".into(),
+            name.clone(),
+            sluice_fuzz::pipeline_input(f),
+        ));
+        files.push(("wire_parse".into(), name, f.input.clone()));
+    }
     files
 }
 
