@@ -77,6 +77,37 @@ pub struct LabSpec {
     pub outside: bool,
     /// How pods are wired in engine mode.
     pub wiring: PodWiring,
+    /// Each pod's Kubernetes namespace and name, in pod order (what the
+    /// runtime puts in CNI_ARGS, and the endpoint's name); empty: pod `i` is
+    /// `default/pod<i>`. Named pods need their manifests in `manifests`.
+    pub pod_refs: Vec<PodRef>,
+    /// Files written into the agent's manifest directory before the agent
+    /// starts, instead of the default `pods.yaml`: (file name, text). Lets a
+    /// lab start with its namespaces, labels and ports in place, so every
+    /// endpoint gets its final identity on its first generation.
+    pub manifests: Vec<(String, String)>,
+}
+
+/// A pod's Kubernetes namespace and name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PodRef {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl PodRef {
+    pub fn new(namespace: &str, name: &str) -> PodRef {
+        PodRef {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        }
+    }
+}
+
+impl std::fmt::Display for PodRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
 }
 
 /// How an engine-mode lab wires its pods.
@@ -103,6 +134,8 @@ impl LabSpec {
             mtu: sluice_tables::DEFAULT_MTU,
             outside: false,
             wiring: PodWiring::Cni,
+            pod_refs: Vec::new(),
+            manifests: Vec::new(),
         }
     }
 
@@ -116,6 +149,8 @@ impl LabSpec {
             mtu: sluice_tables::DEFAULT_MTU,
             outside: false,
             wiring: PodWiring::Static,
+            pod_refs: Vec::new(),
+            manifests: Vec::new(),
         }
     }
 
@@ -146,6 +181,27 @@ impl LabSpec {
         self.outside = outside;
         self
     }
+
+    /// Names every pod (one [`PodRef`] per pod, in order) and gives the agent
+    /// `manifests` (file name, text) to start with: the Pod objects of those
+    /// names, and whatever else the lab's tests need (Namespaces...).
+    pub fn with_named_pods(
+        mut self,
+        pod_refs: Vec<PodRef>,
+        manifests: Vec<(String, String)>,
+    ) -> LabSpec {
+        self.pod_refs = pod_refs;
+        self.manifests = manifests;
+        self
+    }
+
+    /// Pod `index`'s (1-based) namespace and name.
+    pub fn pod_ref(&self, index: usize) -> PodRef {
+        match index.checked_sub(1).and_then(|i| self.pod_refs.get(i)) {
+            Some(named) => named.clone(),
+            None => PodRef::new("default", &format!("pod{index}")),
+        }
+    }
 }
 
 /// Pod `i`'s IPv4 address (pods are numbered from 1): `10.200.0.<1+i>`, what
@@ -164,7 +220,7 @@ pub fn pod_ipv6(pod: usize) -> Ipv6Addr {
 pub struct Pod {
     /// 1-based.
     pub index: usize,
-    /// Kubernetes-style name, `default/pod<i>`.
+    /// Kubernetes-style name, `default/pod<i>` (or its `LabSpec::pod_refs` name).
     pub name: String,
     pub netns: String,
     pub ipv4: Ipv4Addr,
@@ -347,6 +403,16 @@ impl Lab {
             !(spec.outside && spec.mode == Forwarding::Kernel),
             "with_outside is supported in engine mode only (kernel mode has no uplink routing)"
         );
+        ensure!(
+            spec.pod_refs.is_empty() || (spec.pod_refs.len() == spec.pods && spec.uses_cni()),
+            "named pods: one name per pod ({} names for {} pods), wired through sluice-cni",
+            spec.pod_refs.len(),
+            spec.pods
+        );
+        ensure!(
+            spec.pod_refs.is_empty() || !spec.manifests.is_empty(),
+            "named pods need their Pod manifests (LabSpec::with_named_pods)"
+        );
         ensure!(command::is_root(), "the lab needs root (namespaces, veths)");
         let prefix = names::next_prefix();
         let run_dir = names::run_dir(&prefix);
@@ -415,12 +481,20 @@ impl Lab {
         for index in 1..=self.spec.pods {
             self.add_netns(&names::pod_netns(&self.shared.prefix, index))?;
         }
-        self.write_pod_manifests(self.spec.pods)?;
+        if self.spec.manifests.is_empty() {
+            self.write_pod_manifests(self.spec.pods)?;
+        } else {
+            self.write_initial_manifests()?;
+        }
         self.start_engine(&crate::EngineOptions::default())?;
         self.start_agent()?;
         for index in 1..=self.spec.pods {
             let netns = names::pod_netns(&self.shared.prefix, index);
-            let result = self.cni_add(index)?;
+            let result = if self.spec.pod_refs.is_empty() {
+                self.cni_add(index)?
+            } else {
+                self.cni_add_named(index)?
+            };
             let ips = crate::control_plane::result_ips(&result.raw)?;
             let (ipv4, ipv6) = (pod_ipv4(index), pod_ipv6(index));
             ensure!(
@@ -432,7 +506,7 @@ impl Lab {
             let (node_ifindex, _) = link_info(&self.node_netns, &host)?;
             self.pods.push(Pod {
                 index,
-                name: format!("default/pod{index}"),
+                name: self.spec.pod_ref(index).to_string(),
                 netns,
                 ipv4,
                 ipv6,
@@ -443,6 +517,45 @@ impl Lab {
         }
         self.wait_in_sync(Duration::from_secs(30))?;
         Ok(())
+    }
+
+    /// Writes `LabSpec::manifests` into the agent's manifest directory.
+    fn write_initial_manifests(&self) -> Result<()> {
+        let dir = self.manifests_dir();
+        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        for (file, text) in &self.spec.manifests {
+            let path = dir.join(file);
+            fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+        }
+        Ok(())
+    }
+
+    /// sluice-cni ADD for named pod `index`, with its namespace and name in
+    /// CNI_ARGS (container id `<prefix>-pod<i>` as for unnamed pods).
+    fn cni_add_named(&self, index: usize) -> Result<crate::control_plane::CniResult> {
+        let pod = self.spec.pod_ref(index);
+        let netns = command::netns_path(&names::pod_netns(&self.shared.prefix, index));
+        let out = self.cni_raw(
+            "ADD",
+            &format!("{}-pod{index}", self.shared.prefix),
+            &netns.display().to_string(),
+            &format!(
+                "K8S_POD_NAMESPACE={};K8S_POD_NAME={}",
+                pod.namespace, pod.name
+            ),
+            &self.cni_config("1.0.0"),
+        )?;
+        ensure!(
+            out.success(),
+            "sluice-cni ADD for pod {index} ({pod}) failed ({}): {}{}\nagent log:\n{}",
+            out.status,
+            out.stdout,
+            out.stderr,
+            self.log_tail(crate::control_plane::AGENT_LOG, 20)
+        );
+        let raw = serde_json::from_str(&out.stdout)
+            .with_context(|| format!("sluice-cni ADD printed {:?}", out.stdout))?;
+        Ok(crate::control_plane::CniResult { raw })
     }
 
     /// Creates a namespace under the lock, so a concurrent teardown either sees
@@ -880,6 +993,26 @@ mod tests {
         assert_eq!("kernel".parse::<Forwarding>().unwrap(), Forwarding::Kernel);
         assert_eq!("engine".parse::<Forwarding>().unwrap(), Forwarding::Engine);
         assert!("bridge".parse::<Forwarding>().is_err());
+    }
+
+    #[test]
+    fn named_pods_need_one_name_each_and_their_manifests() {
+        let refs = vec![PodRef::new("x", "a")];
+        let err = Lab::new(LabSpec::engine(2).with_named_pods(refs.clone(), vec![])).unwrap_err();
+        assert!(err.to_string().contains("1 names for 2 pods"), "{err}");
+        let err = Lab::new(LabSpec::engine(1).with_named_pods(refs.clone(), vec![])).unwrap_err();
+        assert!(
+            err.to_string().contains("need their Pod manifests"),
+            "{err}"
+        );
+        let err = Lab::new(LabSpec::kernel(1).with_named_pods(refs, vec![])).unwrap_err();
+        assert!(err.to_string().contains("sluice-cni"), "{err}");
+        let spec = LabSpec::engine(2).with_named_pods(
+            vec![PodRef::new("x", "a"), PodRef::new("y", "b")],
+            vec![("pods.yaml".into(), String::new())],
+        );
+        assert_eq!(spec.pod_ref(2).to_string(), "y/b");
+        assert_eq!(LabSpec::engine(2).pod_ref(2).to_string(), "default/pod2");
     }
 
     #[test]

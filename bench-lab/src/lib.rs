@@ -20,6 +20,7 @@ pub mod control_plane;
 mod engine;
 mod lab;
 pub mod names;
+pub mod policy;
 mod programs;
 pub mod services;
 
@@ -27,8 +28,8 @@ pub use cleanup::{cleanup, lab_namespaces, CleanupReport, CleanupScope};
 pub use command::CmdOutput;
 pub use engine::{find_engine, EngineOptions, ENGINE_BIN, ENGINE_ENV, ENGINE_LOG};
 pub use lab::{
-    pod_ipv4, pod_ipv6, teardown_all, Forwarding, Lab, LabSpec, Pod, PodWiring, EXEC_TIMEOUT,
-    GATEWAY_IPV4, GATEWAY_IPV6, GATEWAY_MAC, MAX_PODS, MAX_QUEUES, OUTSIDE_IPV4, OUTSIDE_IPV6,
-    POD_CIDRS, UPLINK_IFNAME, UPLINK_IPV4, UPLINK_IPV6,
+    pod_ipv4, pod_ipv6, teardown_all, Forwarding, Lab, LabSpec, Pod, PodRef, PodWiring,
+    EXEC_TIMEOUT, GATEWAY_IPV4, GATEWAY_IPV6, GATEWAY_MAC, MAX_PODS, MAX_QUEUES, OUTSIDE_IPV4,
+    OUTSIDE_IPV6, POD_CIDRS, UPLINK_IFNAME, UPLINK_IPV4, UPLINK_IPV6,
 };
 pub use programs::{parse_iperf3, parse_ping, Iperf3Result, PingResult, Rtt, IPERF3_PORT};

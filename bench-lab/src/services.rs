@@ -690,7 +690,8 @@ impl Lab {
             args.extend(["--udp".to_string(), port.to_string()]);
         }
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let log = format!("netexec-{place}-{name}");
+        // Names may be `namespace/pod`; a log file name may not hold a `/`.
+        let log = format!("netexec-{place}-{}", name.replace('/', "_"));
         let pid = self.spawn_at(place, &log, &args)?;
         self.wait_ready_line(pid, &log, "netexec")?;
         Ok(pid)
