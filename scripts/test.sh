@@ -30,7 +30,7 @@ if [ -d fuzz ]; then
     # Stable builds carry no coverage instrumentation: this replays the seed
     # corpus and then tries 20000 random mutations per target, which still
     # catches panics. Real fuzzing: see fuzz/README.md (cargo +nightly fuzz run).
-    for target in wire_parse pipeline_process; do
+    for target in wire_parse pipeline_process pipeline_policy; do
         scratch=$(mktemp -d)
         cp "fuzz/corpus/$target"/* "$scratch"/
         "fuzz/target/release/$target" -runs=20000 -max_total_time=60 "$scratch" >/dev/null 2>&1 \
