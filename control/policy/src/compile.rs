@@ -282,8 +282,12 @@ fn endpoint_tables(
     let mut built: Vec<DirectionTable> = Vec::new();
     let mut pairs: Vec<[u32; 2]> = Vec::with_capacity(endpoints.len());
     for (endpoint, selecting) in endpoints.iter().zip(selecting) {
-        let forced =
-            input.enforcement == Enforcement::Always || endpoint.identity == identity::INIT;
+        // Cilium enforces initializing endpoints always; here only once some
+        // policy exists: without an API server (standalone mode) a pod with no
+        // Pod manifest keeps `init` for its whole life, and a node without any
+        // policy must not drop its traffic.
+        let forced = input.enforcement == Enforcement::Always
+            || (endpoint.identity == identity::INIT && !input.policies.is_empty());
         let mut pair = [0u32; 2];
         for (d, direction) in [PolicyDirection::Ingress, PolicyDirection::Egress]
             .into_iter()

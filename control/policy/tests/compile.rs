@@ -412,6 +412,24 @@ policies:
 }
 
 #[test]
+fn initializing_endpoints_are_not_enforced_while_no_policy_exists() {
+    let v = Verdicts::of(&case(
+        r#"
+endpoints: [{name: default/starting, identity: 5}]
+policies: []
+"#,
+    ));
+    assert_eq!(
+        v.egress("default/starting", CLIENT, TCP, 80),
+        Decision::NotEnforced
+    );
+    assert_eq!(
+        v.ingress("default/starting", CLIENT, TCP, 80),
+        Decision::NotEnforced
+    );
+}
+
+#[test]
 fn enforcement_modes_always_and_never() {
     let policy = r#"
 policies:
