@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use sluice_lab::bench::forward::{self, ForwardConfig, Generator, Variant};
+use sluice_lab::bench::policy::{self, PolicyBenchConfig};
 use sluice_lab::bench::rules::Loader;
 use sluice_lab::bench::scenarios::{self, ScenariosConfig};
 use sluice_lab::bench::services::{self, ServicesConfig};
@@ -107,6 +108,11 @@ enum BenchCmd {
     /// sluice-engine (state file) beside kube-proxy's iptables rules, rounds interleaved.
     /// Prints the two side by side with ratios.
     Services(ServicesArgs),
+    /// Network policy (issue 6): new TCP connections per second and connect time from pod 1
+    /// to pod 2 through sluice-engine with 0, 1k and 10k CiliumNetworkPolicy rules over 1k
+    /// identities (one rule allows the measured port), rounds interleaved; the rules'
+    /// compile time and the engine's memory with them. Prints the ratios to 0 rules.
+    Policy(PolicyArgs),
     /// Control plane: N pods (distinct labels, so N identities, one podIP each) from a
     /// manifest directory to the engine's tables through a fresh sluice-agent (time to full
     /// sync), then single-label edits to the engine's ack; sizes interleaved, the largest
@@ -171,6 +177,49 @@ struct ServicesArgs {
     #[arg(long, default_value_t = 120)]
     engine_start_timeout: u64,
     /// Smoke run: 1 round, 2 s of connections, 200 probes.
+    #[arg(long)]
+    quick: bool,
+    /// Write every trial and the summary as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Engine binary (default: $SLUICE_ENGINE, else next to this binary).
+    #[arg(long)]
+    engine: Option<PathBuf>,
+    /// sluice-connrate binary (default: $SLUICE_CONNRATE, else next to this binary).
+    #[arg(long)]
+    connrate: Option<PathBuf>,
+    /// Extra argument for the engine (repeatable).
+    #[arg(long = "engine-arg", allow_hyphen_values = true)]
+    engine_args: Vec<String>,
+}
+
+#[derive(clap::Args, Debug)]
+struct PolicyArgs {
+    /// Rule counts, comma separated; the first is the baseline of the ratios.
+    #[arg(long, value_delimiter = ',', default_value = "0,1000,10000")]
+    rules: Vec<usize>,
+    /// Remote identities (one pod address each) the rules select from.
+    #[arg(long, default_value_t = 1000)]
+    identities: usize,
+    /// Rounds; each runs every size once.
+    #[arg(long, default_value_t = 3)]
+    trials: u32,
+    /// Run time of the connection-rate client.
+    #[arg(long, default_value_t = 5)]
+    seconds: u32,
+    /// Concurrent connect/close loops of the connection-rate client.
+    #[arg(long, default_value_t = 4)]
+    parallel: usize,
+    /// Sequential connects of the first-packet latency probe.
+    #[arg(long, default_value_t = 1000)]
+    probes: usize,
+    /// Compiles per size (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    compile_runs: usize,
+    /// Bound on the engine's start (state parse and table build) in seconds.
+    #[arg(long, default_value_t = 120)]
+    engine_start_timeout: u64,
+    /// Smoke run: 1 round, 2 s of connections, 200 probes, 2 compiles.
     #[arg(long)]
     quick: bool,
     /// Write every trial and the summary as JSON to this file.
@@ -312,6 +361,9 @@ fn main() {
         Cmd::Bench {
             bench: BenchCmd::Services(args),
         } => bench_services(args),
+        Cmd::Bench {
+            bench: BenchCmd::Policy(args),
+        } => bench_policy(args),
         Cmd::Bench {
             bench: BenchCmd::Sync(args),
         } => bench_sync(args),
@@ -674,6 +726,34 @@ fn bench_services(args: ServicesArgs) -> Result<()> {
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     let report = services::run(&config, command)?;
     services::print_report(&report);
+    finish_report(
+        &report,
+        args.json.as_deref(),
+        report.trials.len(),
+        report.failed.len(),
+    )
+}
+
+fn bench_policy(args: PolicyArgs) -> Result<()> {
+    let mut config = PolicyBenchConfig {
+        sizes: args.rules,
+        identities: args.identities,
+        trials: args.trials,
+        seconds: args.seconds,
+        parallel: args.parallel,
+        probes: args.probes,
+        compile_runs: args.compile_runs,
+        engine_start_timeout_seconds: args.engine_start_timeout,
+        engine: args.engine,
+        connrate: args.connrate,
+        engine_args: args.engine_args,
+    };
+    if args.quick {
+        config = config.quick();
+    }
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    let report = policy::run(&config, command)?;
+    policy::print_report(&report);
     finish_report(
         &report,
         args.json.as_deref(),
