@@ -480,6 +480,9 @@ fn demo(args: &LabArgs, count: u32, seconds: u32) -> Result<()> {
     }
     if lab.agent_pid().is_some() && n >= 2 {
         failures += demo_service(&lab, n);
+        if n >= 3 {
+            failures += demo_policy(&lab, n);
+        }
     }
     if lab.engine_pid().is_some() {
         failures += print_engine_counters(&lab);
@@ -554,6 +557,110 @@ fn demo_service(lab: &Lab, n: usize) -> usize {
             }
         }
         println!("  {vip:<14} answered by {}", answers.join(", "));
+    }
+    failures
+}
+
+/// A CiliumNetworkPolicy on the web pods (2..=n) admitting only pod 1 on
+/// port 8080: pod 1 still reaches the Service, pod 2 is refused by pod 3's
+/// ingress (`policy_denied`), and `sluice policy get` / `trace` explain it.
+/// Returns the number of failures.
+fn demo_policy(lab: &Lab, n: usize) -> usize {
+    use sluice_lab::services::{cluster_ipv4, Place};
+    let policy = serde_json::json!({
+        "apiVersion": "cilium.io/v2",
+        "kind": "CiliumNetworkPolicy",
+        "metadata": {"name": "web-from-pod1", "namespace": "default"},
+        "spec": {
+            "endpointSelector": {"matchLabels": {"demo": "web"}},
+            "ingress": [{
+                "fromEndpoints": [{"matchLabels": {"app": "pod1"}}],
+                "toPorts": [{"ports": [{"port": "8080", "protocol": "TCP"}]}]
+            }]
+        }
+    });
+    if let Err(err) = lab.apply_manifest("web-policy.yaml", &[policy]) {
+        println!("\npolicy: error: {err:#}");
+        return 1;
+    }
+    println!(
+        "\nCiliumNetworkPolicy default/web-from-pod1: pods 2..{n} (demo=web) admit only pod1 on TCP 8080:"
+    );
+    let mut failures = 0;
+    let allowed = lab.http_get(Place::Pod(1), cluster_ipv4(10), 80, "/hostname");
+    match &allowed {
+        Ok(reply) if reply.answer().is_some() => {
+            println!(
+                "  pod1 -> Service web     answered by {}",
+                reply.answer().unwrap_or_default()
+            )
+        }
+        other => {
+            failures += 1;
+            println!("  pod1 -> Service web     expected an answer, got {other:?}");
+        }
+    }
+    let target = lab.pod(3).map(|p| IpAddr::from(p.ipv4));
+    let denied = target.and_then(|addr| lab.http_get(Place::Pod(2), addr, 8080, "/hostname"));
+    match &denied {
+        Ok(reply) if reply.answer().is_none() => {
+            println!("  pod2 -> pod3:8080       refused as expected ({reply:?})")
+        }
+        other => {
+            failures += 1;
+            println!("  pod2 -> pod3:8080       expected no answer, got {other:?}");
+        }
+    }
+    let cli = match sluice_lab::find_engine() {
+        Ok(engine) => engine.with_file_name("sluice"),
+        Err(err) => {
+            println!("  error: {err:#}");
+            return failures + 1;
+        }
+    };
+    let views: [(&str, Vec<&str>, i32); 2] = [
+        ("policies", vec!["policy", "get"], 0),
+        (
+            "why pod2 cannot reach pod3",
+            vec![
+                "policy",
+                "trace",
+                "--src",
+                "default/pod2",
+                "--dst",
+                "default/pod3",
+                "--dport",
+                "8080",
+            ],
+            1,
+        ),
+    ];
+    for (title, command, expected_code) in views {
+        println!("\n{title} (sluice {}):", command.join(" "));
+        let out = std::process::Command::new(&cli)
+            .arg("--engine-socket")
+            .arg(lab.stats_socket())
+            .arg("--agent-socket")
+            .arg(lab.agent_socket())
+            .args(&command)
+            .output();
+        match out {
+            Ok(out) => {
+                print!("{}", String::from_utf8_lossy(&out.stdout));
+                if out.status.code() != Some(expected_code) {
+                    failures += 1;
+                    println!(
+                        "  error: exit {:?}: {}",
+                        out.status.code(),
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    );
+                }
+            }
+            Err(err) => {
+                failures += 1;
+                println!("  error: run {}: {err}", cli.display());
+            }
+        }
     }
     failures
 }
