@@ -45,7 +45,7 @@ use super::labkit::{find_tool, require, wait_for_ports, within_netns};
 use super::machine::{loadavg, loadavg_1min, ticks_per_second, CpuTimes, Machine};
 use super::rules::TARGET_PORT;
 use super::scenarios::{APP_CPU, CONNRATE_BIN, CONNRATE_ENV, ENGINE_CORE};
-use super::services::{probe_connects, Probe, Stat};
+use super::services::{probe_connects, stat, wait_listening, Probe, Stat};
 use crate::{EngineOptions, Lab, LabSpec};
 
 pub mod workload;
@@ -217,16 +217,6 @@ pub struct FailedTrial {
     pub rules: usize,
     pub round: u32,
     pub error: String,
-}
-
-/// Median, min and max of the finite values, if any.
-fn stat(values: &[f64]) -> Option<Stat> {
-    let values: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
-    (!values.is_empty()).then(|| Stat {
-        median: median(&values),
-        min: values.iter().copied().fold(f64::INFINITY, f64::min),
-        max: values.iter().copied().fold(f64::NEG_INFINITY, f64::max),
-    })
 }
 
 fn ratio(a: Option<Stat>, b: Option<Stat>) -> Option<f64> {
@@ -453,28 +443,6 @@ fn start_engine(
         start_seconds,
         rss_kib: vm_rss_kib(pid),
     })
-}
-
-/// Waits until something listens on TCP `port` in pod `pod` (at most 5 s).
-fn wait_listening(lab: &Lab, pod: usize, port: u16, pid: u32, log: &str) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let filter = format!("sport = :{port}");
-    loop {
-        let out = lab.exec(pod, &["ss", "-H", "-l", "-t", "-n", &filter])?;
-        if !out.stdout.trim().is_empty() {
-            return Ok(());
-        }
-        ensure!(
-            lab.process_running(pid)?,
-            "server in pod {pod} exited\n{}",
-            lab.log_tail(log, 10)
-        );
-        ensure!(
-            Instant::now() < deadline,
-            "nothing listens on port {port} in pod {pod} after 5 s"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// Runs `f` in pod 1's namespace on a thread pinned to [`APP_CPU`].

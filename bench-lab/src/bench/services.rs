@@ -479,7 +479,8 @@ pub struct Stat {
     pub max: f64,
 }
 
-fn stat(values: &[f64]) -> Option<Stat> {
+/// Median, min and max of the finite values, if any.
+pub(super) fn stat(values: &[f64]) -> Option<Stat> {
     let values: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
     (!values.is_empty()).then(|| Stat {
         median: median(&values),
@@ -723,7 +724,7 @@ fn prepare(config: &ServicesConfig, dataplane: Dataplane, n: usize, lab: &Lab) -
 }
 
 /// Waits until something listens on TCP `port` in pod `pod` (at most 5 s).
-fn wait_listening(lab: &Lab, pod: usize, port: u16, pid: u32, log: &str) -> Result<()> {
+pub(super) fn wait_listening(lab: &Lab, pod: usize, port: u16, pid: u32, log: &str) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(5);
     let filter = format!("sport = :{port}");
     loop {
