@@ -74,6 +74,8 @@ pub struct AgentCore {
     policy: Mutex<PolicyCache>,
     desired: watch::Sender<Generation>,
     engine: watch::Sender<EngineView>,
+    /// Flows from the engine: ring buffer, live consumers, engine counters.
+    pub flows: Arc<crate::flows::FlowHub>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -112,6 +114,7 @@ impl AgentCore {
                 desired: Arc::new(first),
             }),
             engine: watch::Sender::new(EngineView::default()),
+            flows: Arc::new(crate::flows::FlowHub::new(4096)),
         })
     }
 

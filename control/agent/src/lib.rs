@@ -10,6 +10,7 @@ pub mod attachments;
 pub mod core;
 pub mod desired;
 pub mod engine_client;
+pub mod flows;
 pub mod identity;
 pub mod ipam;
 pub mod labels;

@@ -47,6 +47,7 @@ mod ipv6;
 mod masquerade;
 mod nat;
 mod ndisc;
+mod observation;
 mod policy;
 mod reject;
 mod route;
@@ -58,6 +59,9 @@ mod verdict;
 pub mod fixtures;
 
 pub use ingress::{FRAME_OVERHEAD, MAX_FRAME_LEN};
+pub use observation::{
+    CtOutcome, DnsNote, Observation, PolicyNote, Tuple, DNS_ADDRESSES_MAX, DNS_NAME_MAX,
+};
 pub use verdict::{DropReason, Verdict};
 
 pub use sluice_conntrack::FlowTables;
@@ -75,6 +79,31 @@ pub fn process(
     flows: &FlowTables,
     now_ns: u64,
 ) -> Verdict {
+    let mut observation = Observation::default();
+    process_observed(
+        frame,
+        len,
+        ingress_ifindex,
+        tables,
+        flows,
+        now_ns,
+        &mut observation,
+    )
+}
+
+/// [`process`], also noting in `observation` what the stages saw (conntrack
+/// outcome, tuples before and after translation, service, policy rules, DNS)
+/// for flow events. The caller clears `observation` before each frame.
+pub fn process_observed(
+    frame: &mut [u8],
+    len: usize,
+    ingress_ifindex: u32,
+    tables: &Tables,
+    flows: &FlowTables,
+    now_ns: u64,
+    observation: &mut Observation,
+) -> Verdict {
+    let _ = &observation;
     match ingress::run(frame, len, ingress_ifindex, tables, flows, now_ns) {
         Ok(verdict) => verdict,
         Err(reason) => Verdict::Drop(reason),
