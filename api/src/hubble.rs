@@ -393,3 +393,36 @@ pub struct Dns {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rrtypes: Vec<String>,
 }
+
+/// A flow time as Hubble prints it: RFC 3339 in UTC with nanoseconds.
+pub fn format_time(unix_ns: u64) -> String {
+    let time =
+        chrono::DateTime::<chrono::Utc>::from_timestamp_nanos(unix_ns.min(i64::MAX as u64) as i64);
+    time.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
+}
+
+/// Parses an RFC 3339 time (any offset) into Unix nanoseconds.
+pub fn parse_time(text: &str) -> Result<u64, String> {
+    let time = chrono::DateTime::parse_from_rfc3339(text)
+        .map_err(|e| format!("{text:?} is not an RFC 3339 time: {e}"))?;
+    time.timestamp_nanos_opt()
+        .and_then(|ns| u64::try_from(ns).ok())
+        .ok_or_else(|| format!("{text:?} is outside the representable time range"))
+}
+
+#[cfg(test)]
+mod time_tests {
+    use super::*;
+
+    #[test]
+    fn time_round_trips_with_nanoseconds() {
+        let text = format_time(1_795_000_000_123_456_789);
+        assert_eq!(text, "2026-11-18T11:06:40.123456789Z");
+        assert_eq!(parse_time(&text).unwrap(), 1_795_000_000_123_456_789);
+        assert_eq!(
+            parse_time("2026-11-18T12:06:40.123456789+01:00").unwrap(),
+            1_795_000_000_123_456_789
+        );
+        assert!(parse_time("yesterday").unwrap_err().contains("yesterday"));
+    }
+}
