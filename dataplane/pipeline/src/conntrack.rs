@@ -33,7 +33,8 @@ use crate::flows::{self, NewFlow};
 use crate::icmp_error::ReplyLink;
 use crate::nat::{self, End, Headers};
 use crate::service::{self, Choice};
-use crate::{masquerade, policy, reject, route, DropReason, Verdict};
+use crate::{masquerade, observe, policy, reject, route, DropReason, Verdict};
+use crate::{CtOutcome, Observation};
 
 /// Where the packet came from and what the stage may use.
 #[derive(Clone, Copy, Debug)]
@@ -60,17 +61,27 @@ pub(crate) enum Outcome {
 const UNTRANSLATED: Outcome = Outcome::Route { translated: false };
 
 #[inline]
-pub(crate) fn run(frame: &mut [u8], h: &Headers, stage: &Stage<'_>) -> Result<Outcome, DropReason> {
+pub(crate) fn run(
+    frame: &mut [u8],
+    h: &Headers,
+    stage: &Stage<'_>,
+    observation: &mut Observation,
+) -> Result<Outcome, DropReason> {
     match flow_key::classify(frame, h) {
-        Classified::Untracked => Ok(untracked(frame, h, stage)),
-        Classified::IcmpError(quoted) => Ok(icmp_error(frame, h, &quoted, stage)),
-        Classified::Flow { key, tcp_flags } => flow(frame, h, &key, tcp_flags, stage),
+        Classified::Untracked => Ok(untracked(frame, h, stage, observation)),
+        Classified::IcmpError(quoted) => Ok(icmp_error(frame, h, &quoted, stage, observation)),
+        Classified::Flow { key, tcp_flags } => flow(frame, h, &key, tcp_flags, stage, observation),
     }
 }
 
 /// A packet conntrack does not track is routed as it is, if policy lets it.
-fn untracked(frame: &[u8], h: &Headers, stage: &Stage<'_>) -> Outcome {
-    match policy::untracked(frame, h, stage) {
+fn untracked(
+    frame: &[u8],
+    h: &Headers,
+    stage: &Stage<'_>,
+    observation: &mut Observation,
+) -> Outcome {
+    match policy::untracked(frame, h, stage, observation) {
         Some(verdict) => Outcome::Answered(verdict),
         None => UNTRANSLATED,
     }
@@ -82,6 +93,7 @@ fn flow(
     key: &FlowKey,
     tcp_flags: u8,
     stage: &Stage<'_>,
+    observation: &mut Observation,
 ) -> Result<Outcome, DropReason> {
     let Stage {
         tables,
@@ -97,19 +109,26 @@ fn flow(
                 .backend(entry.service_id(), entry.backend_id())
                 .is_none();
         if !backend_gone {
+            observation.ct = match entry.direction() {
+                Direction::Original => CtOutcome::Established,
+                Direction::Reply => CtOutcome::Reply,
+            };
+            if entry.flags() & flags::SERVICE != 0 {
+                observation.service = Some(entry.service_id());
+            }
             if policy::needs_check(&entry, tables) {
-                if let Some(verdict) = policy::tracked(frame, h, key, &entry, stage) {
+                if let Some(verdict) = policy::tracked(frame, h, key, &entry, stage, observation) {
                     return Ok(Outcome::Answered(verdict));
                 }
             }
             if !entry.has_rewrites() {
                 return Ok(UNTRANSLATED);
             }
-            return translate(frame, h, &entry.rewrites());
+            return translate(frame, h, &entry.rewrites(), observation);
         }
         flows.conntrack.remove_flow(key);
     }
-    new_flow(frame, h, key, tcp_flags, stage)
+    new_flow(frame, h, key, tcp_flags, stage, observation)
 }
 
 /// A packet whose flow is not tracked: opens one (after the service choice
@@ -122,6 +141,7 @@ fn new_flow(
     key: &FlowKey,
     tcp_flags: u8,
     stage: &Stage<'_>,
+    observation: &mut Observation,
 ) -> Result<Outcome, DropReason> {
     let Stage {
         tables,
@@ -141,6 +161,7 @@ fn new_flow(
     if matches!(key.protocol, TCP | UDP | SCTP) {
         if let Some((entry, frontend)) = tables.services.lookup(key.dst, key.dst_port, key.protocol)
         {
+            observation.service = Some(entry.service.id);
             let backend = match service::choose(
                 tables,
                 flows,
@@ -154,7 +175,7 @@ fn new_flow(
                 Choice::NoBackend => return no_backend(frame, h, frontend.addr, stage),
             };
             let to = SocketAddr::new(backend.addr, backend.port);
-            let admitted = match policy::admit_new(frame, h, key, to, stage) {
+            let admitted = match policy::admit_new(frame, h, key, to, stage, observation) {
                 Ok(admitted) => admitted,
                 Err(verdict) => return Ok(Outcome::Answered(verdict)),
             };
@@ -188,7 +209,8 @@ fn new_flow(
                 }
                 None => flows::insert(flows, key, new, now_ns)?,
             };
-            return translate(frame, h, &created.rewrites);
+            observation.ct = CtOutcome::New;
+            return translate(frame, h, &created.rewrites, observation);
         }
     }
     if !stage.from_uplink {
@@ -196,17 +218,19 @@ fn new_flow(
             masquerade::address_for(tables, key.dst),
             tables.lb.masquerade.as_ref(),
         ) {
-            let admitted = match policy::admit_new(frame, h, key, destination(key), stage) {
-                Ok(admitted) => admitted,
-                Err(verdict) => return Ok(Outcome::Answered(verdict)),
-            };
+            let admitted =
+                match policy::admit_new(frame, h, key, destination(key), stage, observation) {
+                    Ok(admitted) => admitted,
+                    Err(verdict) => return Ok(Outcome::Answered(verdict)),
+                };
             let new = NewFlow::plain(
                 flags::MASQUERADE | admitted.flags,
                 tcp_flags,
                 admitted.policy,
             );
             let created = masquerade::insert(flows, key, new, addr, range, now_ns)?;
-            return translate(frame, h, &created.rewrites);
+            observation.ct = CtOutcome::New;
+            return translate(frame, h, &created.rewrites, observation);
         }
     }
     // Only what will be routed is tracked: an unroutable packet from outside
@@ -215,13 +239,14 @@ fn new_flow(
     if egress.ifindex == stage.link.ifindex {
         return Err(DropReason::SameInterface);
     }
-    let admitted = match policy::admit_new(frame, h, key, destination(key), stage) {
+    let admitted = match policy::admit_new(frame, h, key, destination(key), stage, observation) {
         Ok(admitted) => admitted,
         Err(verdict) => return Ok(Outcome::Answered(verdict)),
     };
     let new = NewFlow::plain(external | admitted.flags, tcp_flags, admitted.policy);
     let created = flows::insert(flows, key, new, now_ns)?;
-    translate(frame, h, &created.rewrites)
+    observation.ct = CtOutcome::New;
+    translate(frame, h, &created.rewrites, observation)
 }
 
 /// The destination of an untranslated flow.
@@ -229,12 +254,18 @@ fn destination(key: &FlowKey) -> SocketAddr {
     SocketAddr::new(key.dst, key.dst_port)
 }
 
-/// Applies an entry's rewrites to the packet.
-fn translate(frame: &mut [u8], h: &Headers, rewrites: &Rewrites) -> Result<Outcome, DropReason> {
+/// Applies an entry's rewrites to the packet, noting the tuple it leaves with.
+fn translate(
+    frame: &mut [u8],
+    h: &Headers,
+    rewrites: &Rewrites,
+    observation: &mut Observation,
+) -> Result<Outcome, DropReason> {
     if rewrites.src.is_none() && rewrites.dst.is_none() {
         return Ok(UNTRANSLATED);
     }
     nat::apply(frame, h, rewrites).map_err(|_| DropReason::Truncated)?;
+    observe::departure(frame, h, observation);
     Ok(Outcome::Route { translated: true })
 }
 
@@ -266,16 +297,31 @@ fn no_backend(
 /// checksum is updated; the outer ICMP checksum is recomputed over the
 /// message. Quoted checksums are updated incrementally when the field is in
 /// the quote (best effort: an SCTP CRC in a quote is left as it was).
-/// An error matching no flow is routed as it is.
-fn icmp_error(frame: &mut [u8], h: &Headers, quoted: &QuotedPacket, stage: &Stage<'_>) -> Outcome {
+/// An error matching no flow is routed as it is. The observation sees the
+/// error as a packet of its flow, in the direction of the entry it matched
+/// (ESTABLISHED or REPLY).
+fn icmp_error(
+    frame: &mut [u8],
+    h: &Headers,
+    quoted: &QuotedPacket,
+    stage: &Stage<'_>,
+    observation: &mut Observation,
+) -> Outcome {
     let Some(entry) = stage
         .flows
         .conntrack
         .lookup(&quoted.key.reversed(), stage.now_ns)
     else {
         // About no flow of ours: a message like any other.
-        return untracked(frame, h, stage);
+        return untracked(frame, h, stage, observation);
     };
+    observation.ct = match entry.direction {
+        Direction::Original => CtOutcome::Established,
+        Direction::Reply => CtOutcome::Reply,
+    };
+    if entry.flags & flags::SERVICE != 0 {
+        observation.service = Some(entry.service_id);
+    }
     let rewrites = entry.rewrites;
     if rewrites.src.is_none() && rewrites.dst.is_none() {
         return UNTRANSLATED;
@@ -298,6 +344,7 @@ fn icmp_error(frame: &mut [u8], h: &Headers, quoted: &QuotedPacket, stage: &Stag
         nat::apply_to_quote(frame, inner, End::Dst, to);
     }
     refill_icmp_checksum(frame, h);
+    observe::departure(frame, h, observation);
     Outcome::Route { translated: true }
 }
 

@@ -58,7 +58,7 @@ use sluice_wire::{
 use crate::icmp_error::ReplyLink;
 use crate::ipv4::GATEWAY_TTL;
 use crate::nat::{End, Headers};
-use crate::{DropReason, Verdict};
+use crate::{observe, DnsNote, DropReason, Verdict};
 
 const REASON: DropReason = DropReason::DnsRefused;
 /// CNAMEs followed from the question name: more than resolvers follow.
@@ -77,12 +77,15 @@ pub(crate) enum DnsOutcome {
 
 /// An original-direction packet of a DNS flow (UDP, or TCP with payload):
 /// a query whose name matches none of `rules` is answered REFUSED in place,
-/// back out through `link`; see the module documentation for the rest.
+/// back out through `link`; see the module documentation for the rest. A
+/// query whose header parses is noted in `note` (id, name and type as far
+/// as they parse, and whether the rules refused its name).
 pub(crate) fn query(
     frame: &mut [u8],
     h: &Headers,
     rules: &DnsRules,
     link: ReplyLink,
+    note: &mut Option<DnsNote>,
 ) -> DnsOutcome {
     let Some(carried) = locate(frame, h) else {
         return DnsOutcome::Refused(Verdict::Drop(REASON));
@@ -100,7 +103,7 @@ pub(crate) fn query(
     let Some(bytes) = frame.get(message.at..message.at + message.len) else {
         return DnsOutcome::Refused(Verdict::Drop(REASON));
     };
-    let reply = match check_query(bytes, rules) {
+    let reply = match check_query(bytes, rules, note) {
         QueryCheck::Allowed => return DnsOutcome::Pass,
         QueryCheck::Unanswered => return DnsOutcome::Refused(Verdict::Drop(REASON)),
         QueryCheck::Answer(reply) => reply,
@@ -111,11 +114,17 @@ pub(crate) fn query(
 
 /// A reply-direction packet of a DNS flow: A/AAAA records of a NOERROR
 /// answer whose names a toFQDNs selector of `tables.policy` selects go into
-/// `fqdn` (TTL, min TTL and per-name cap from the policy config).
-pub(crate) fn answer(frame: &[u8], h: &Headers, tables: &Tables, fqdn: &FqdnCache, now_ns: u64) {
-    if tables.policy.fqdn_selectors().next().is_none() {
-        return;
-    }
+/// `fqdn` (TTL, min TTL and per-name cap from the policy config). A response
+/// is noted in `note`: id, RCODE, question, the addresses on the question's
+/// chain and their lowest TTL (as the cache takes it under the question).
+pub(crate) fn answer(
+    frame: &[u8],
+    h: &Headers,
+    tables: &Tables,
+    fqdn: &FqdnCache,
+    now_ns: u64,
+    note: &mut Option<DnsNote>,
+) {
     let message = match locate(frame, h) {
         Some(Carried::Udp { message } | Carried::Tcp { message, .. }) => message,
         Some(Carried::Nothing) | None => return,
@@ -123,8 +132,12 @@ pub(crate) fn answer(frame: &[u8], h: &Headers, tables: &Tables, fqdn: &FqdnCach
     let Some(bytes) = frame.get(message.at..message.at + message.len) else {
         return;
     };
+    let Some(noted) = note_response(bytes, note) else {
+        return;
+    };
+    let learning = tables.policy.fqdn_selectors().next().is_some();
     let config = &tables.policy.state().config;
-    let mut learn = |name: &[u8], ip: IpAddr, ttl: u32| {
+    let learn = |name: &[u8], ip: IpAddr, ttl: u32| {
         let ttl = ttl.max(config.fqdn_min_ttl_seconds);
         let expires_ns = now_ns.saturating_add(u64::from(ttl) * NS_PER_SECOND);
         let hash = name_hash(name);
@@ -134,8 +147,38 @@ pub(crate) fn answer(frame: &[u8], h: &Headers, tables: &Tables, fqdn: &FqdnCach
             }
         }
     };
+    let mut found = |address: Found<'_>| {
+        observe::dns_address(noted, address.ip, address.chain_ttl);
+        if learning {
+            learn(address.question, address.ip, address.chain_ttl);
+            if let Some(owner) = address.owner {
+                learn(owner, address.ip, address.record_ttl);
+            }
+        }
+    };
     // A message that stops parsing keeps what was learnt before that point.
-    let _ = read_answer(bytes, &mut learn);
+    let _ = read_answer(bytes, &mut found);
+}
+
+/// Notes the header and question of a response; `None` (nothing noted)
+/// when the message is not a response.
+fn note_response<'n>(message: &[u8], note: &'n mut Option<DnsNote>) -> Option<&'n mut DnsNote> {
+    let header = Header::parse(message).ok()?;
+    if !header.is_response() {
+        return None;
+    }
+    let noted = note.insert(observe::dns_note(header.id, true));
+    noted.rcode = header.rcode();
+    if header.qdcount >= 1 {
+        let mut name = NameText::default();
+        if dns::read_name(message, dns::HEADER_LEN, &mut name).is_ok() {
+            observe::dns_name(noted, name.as_bytes());
+        }
+        if let Ok(question) = Question::parse(message, dns::HEADER_LEN) {
+            noted.qtype = question.qtype;
+        }
+    }
+    Some(noted)
 }
 
 /// Where the DNS message is in the frame.
@@ -218,13 +261,14 @@ enum QueryCheck {
     Answer(Reply),
 }
 
-fn check_query(message: &[u8], rules: &DnsRules) -> QueryCheck {
+fn check_query(message: &[u8], rules: &DnsRules, note: &mut Option<DnsNote>) -> QueryCheck {
     let Ok(header) = Header::parse(message) else {
         return QueryCheck::Unanswered;
     };
     if header.is_response() {
         return QueryCheck::Unanswered;
     }
+    let noted = note.insert(observe::dns_note(header.id, false));
     let op = header.opcode();
     let header_only = |rcode: u8, op: u8| {
         QueryCheck::Answer(Reply {
@@ -245,9 +289,12 @@ fn check_query(message: &[u8], rules: &DnsRules) -> QueryCheck {
     let Ok(question) = question else {
         return header_only(rcode::FORMERR, opcode::QUERY);
     };
+    noted.qtype = question.qtype;
+    observe::dns_name(noted, name.as_bytes());
     if rules.allows(name.as_bytes()) {
         return QueryCheck::Allowed;
     }
+    noted.refused_by_policy = true;
     // As miekg/dns `SetReply`: the opcode, and RD and CD for a QUERY.
     let copied = if op == opcode::QUERY {
         header.flags & (flags::RD | flags::CD)
@@ -467,11 +514,22 @@ fn turn_options_around(options: &mut [u8]) {
     }
 }
 
-/// Walks a response: for each A/AAAA record on the question's CNAME chain,
-/// `learn(name, address, ttl)` under the question name and, when the owner
-/// is a CNAME target, under the owner name too. Only NOERROR answers to a
-/// QUERY with one question are read.
-fn read_answer(message: &[u8], learn: &mut impl FnMut(&[u8], IpAddr, u32)) -> Result<(), DnsError> {
+/// An A/AAAA record found on the question's CNAME chain.
+#[derive(Clone, Copy, Debug)]
+struct Found<'a> {
+    question: &'a [u8],
+    /// The record's owner when it is a CNAME target (not the question).
+    owner: Option<&'a [u8]>,
+    ip: IpAddr,
+    /// The lowest TTL from the question to the record.
+    chain_ttl: u32,
+    /// The record's own TTL.
+    record_ttl: u32,
+}
+
+/// Walks a response: `found` gets each A/AAAA record on the question's
+/// CNAME chain. Only NOERROR answers to a QUERY with one question are read.
+fn read_answer(message: &[u8], found: &mut impl FnMut(Found<'_>)) -> Result<(), DnsError> {
     let header = Header::parse(message)?;
     if !header.is_response()
         || header.opcode() != opcode::QUERY
@@ -517,14 +575,23 @@ fn read_answer(message: &[u8], learn: &mut impl FnMut(&[u8], IpAddr, u32)) -> Re
                 let Some(ip) = address(record.rtype, record.rdata(message)) else {
                     continue;
                 };
-                learn(question_name.as_bytes(), ip, chain_ttl.min(record.ttl));
-                if link > 0 {
-                    if owner_link != Some(link) {
-                        dns::read_name(message, chain[link].0, &mut owner_name)?;
-                        owner_link = Some(link);
-                    }
-                    learn(owner_name.as_bytes(), ip, record.ttl);
-                }
+                // The owner's name is read once per link; a name that does
+                // not read still leaves the address under the question.
+                let owner_read = if link > 0 && owner_link != Some(link) {
+                    let read = dns::read_name(message, chain[link].0, &mut owner_name);
+                    owner_link = read.is_ok().then_some(link);
+                    read.map(|_| ())
+                } else {
+                    Ok(())
+                };
+                found(Found {
+                    question: question_name.as_bytes(),
+                    owner: (link > 0 && owner_read.is_ok()).then_some(owner_name.as_bytes()),
+                    ip,
+                    chain_ttl: chain_ttl.min(record.ttl),
+                    record_ttl: record.ttl,
+                });
+                owner_read?;
             }
             _ => {}
         }

@@ -17,7 +17,7 @@ use sluice_wire::{
     NdiscRepr,
 };
 
-use crate::{process, DropReason, FlowTables, Verdict};
+use crate::{process_observed, DropReason, FlowTables, Observation, Verdict};
 use sluice_conntrack::CtConfig;
 
 mod policy;
@@ -96,6 +96,19 @@ impl Fixture {
         chunk: &mut [u8],
         now_ns: u64,
     ) -> Verdict {
+        self.run_observed(tables, flows, chunk, now_ns, &mut Observation::default())
+    }
+
+    /// [`Fixture::run`] through [`crate::process_observed`]: `observation`
+    /// is cleared first, then filled. Does not allocate.
+    pub fn run_observed(
+        &self,
+        tables: &Tables,
+        flows: &FlowTables,
+        chunk: &mut [u8],
+        now_ns: u64,
+        observation: &mut Observation,
+    ) -> Verdict {
         let capacity = self.capacity.min(chunk.len());
         let frame = &mut chunk[..capacity];
         let len = self.input.len();
@@ -105,7 +118,9 @@ impl Fixture {
             // which the pipeline refuses.
             None => frame.copy_from_slice(&self.input[..capacity]),
         }
-        process(frame, len, self.ingress_ifindex, tables, flows, now_ns)
+        observation.clear();
+        let ingress = self.ingress_ifindex;
+        process_observed(frame, len, ingress, tables, flows, now_ns, observation)
     }
 }
 

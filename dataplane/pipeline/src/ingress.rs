@@ -6,7 +6,7 @@ use sluice_wire::{ParseError, Parsed, L3};
 
 use crate::conntrack::Stage;
 use crate::icmp_error::ReplyLink;
-use crate::{arp, ipv4, ipv6, uplink, DropReason, Verdict};
+use crate::{arp, ipv4, ipv6, observe, uplink, DropReason, Observation, Verdict};
 
 /// Bytes a frame may carry beyond the IP MTU: the Ethernet header, plus 4 bytes
 /// of slack for one 802.1Q tag (which is then refused as an ethertype).
@@ -53,6 +53,7 @@ pub(crate) fn run(
     tables: &Tables,
     flows: &FlowTables,
     now_ns: u64,
+    observation: &mut Observation,
 ) -> Result<Verdict, DropReason> {
     // The node state's MTU decides (pods may use jumbo frames up to what a
     // UMEM chunk holds); the chunk itself is the hard limit.
@@ -61,7 +62,8 @@ pub(crate) fn run(
     }
     if tables.uplink.as_ref().is_some_and(|u| u.ifindex == ifindex) {
         let parsed = sluice_wire::parse(&frame[..len]).map_err(drop_reason)?;
-        return uplink::from_outside(frame, len, tables, flows, now_ns, parsed);
+        observe::arrival(frame, &parsed, observation);
+        return uplink::from_outside(frame, len, tables, flows, now_ns, parsed, observation);
     }
     let endpoint = tables
         .endpoints
@@ -69,6 +71,7 @@ pub(crate) fn run(
         .ok_or(DropReason::UnknownIngress)?;
     let parsed = sluice_wire::parse(&frame[..len]).map_err(drop_reason)?;
     if parsed.src != endpoint.mac.0 {
+        observe::arrival(frame, &parsed, observation);
         return Err(DropReason::SpoofedSourceMac);
     }
     let ctx = Ingress {
@@ -85,18 +88,20 @@ pub(crate) fn run(
         L3::Ipv4 {
             header_len,
             total_len,
+            protocol,
             fragment,
             l4,
-            ..
         } => ipv4::handle(
             frame,
             &ctx,
             ipv4::Layout {
                 header_len,
                 total_len,
+                protocol,
                 fragment,
                 l4,
             },
+            observation,
         ),
         L3::Ipv6 {
             payload_len,
@@ -110,6 +115,7 @@ pub(crate) fn run(
                 upper,
                 l4,
             },
+            observation,
         ),
         L3::Other => Err(DropReason::UnknownEthertype),
     }

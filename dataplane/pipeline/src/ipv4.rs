@@ -6,8 +6,8 @@ use sluice_wire::ip_protocol::ICMP;
 use sluice_wire::{checksum, ipv4, EthernetFrame, Icmpv4Packet, Ipv4Packet, L4};
 
 use crate::ingress::Ingress;
-use crate::{icmp_error, route};
-use crate::{DropReason, Verdict};
+use crate::{icmp_error, observe, route};
+use crate::{DropReason, Observation, Verdict};
 
 /// TTL of packets the gateway originates.
 pub(crate) const GATEWAY_TTL: u8 = 64;
@@ -17,6 +17,8 @@ pub(crate) const GATEWAY_TTL: u8 = 64;
 pub(crate) struct Layout {
     pub header_len: usize,
     pub total_len: usize,
+    /// The header's protocol field (also of a fragment).
+    pub protocol: u8,
     pub fragment: bool,
     pub l4: Option<L4>,
 }
@@ -25,10 +27,19 @@ pub(crate) fn handle(
     frame: &mut [u8],
     ctx: &Ingress<'_>,
     layout: Layout,
+    observation: &mut Observation,
 ) -> Result<Verdict, DropReason> {
     let ip_bytes = frame.get(ETH_LEN..ctx.len).ok_or(DropReason::Truncated)?;
     let ip = Ipv4Packet::new_checked(ip_bytes).map_err(|_| DropReason::InvalidIpv4Header)?;
     let (src, dst, ttl) = (ip.src(), ip.dst(), ip.ttl());
+    observe::arrival_ip(
+        frame,
+        src.into(),
+        dst.into(),
+        layout.protocol,
+        layout.l4,
+        observation,
+    );
     if Some(src) != ctx.endpoint.ipv4 {
         return Err(DropReason::SpoofedSourceIp);
     }
@@ -45,7 +56,7 @@ pub(crate) fn handle(
     if ttl <= 1 {
         return icmp_error::time_exceeded_v4(frame, ctx, layout);
     }
-    route::forward(frame, ctx.len, layout.l4, false, &ctx.stage())
+    route::forward(frame, ctx.len, layout.l4, false, &ctx.stage(), observation)
 }
 
 /// Forwards a routed IPv4 frame: TTL decremented (checked > 1 by the caller),

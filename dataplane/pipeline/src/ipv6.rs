@@ -8,7 +8,7 @@ use sluice_wire::{ipv6, EthernetFrame, Icmpv6Packet, Ipv6Packet, UpperLayer, L4}
 
 use crate::ingress::Ingress;
 use crate::ipv4::GATEWAY_TTL;
-use crate::{icmp_error, ndisc, route, DropReason, Verdict};
+use crate::{icmp_error, ndisc, observe, route, DropReason, Observation, Verdict};
 
 /// Where [`sluice_wire::parse`] found the headers.
 #[derive(Clone, Copy, Debug)]
@@ -33,10 +33,19 @@ pub(crate) fn handle(
     frame: &mut [u8],
     ctx: &Ingress<'_>,
     layout: Layout,
+    observation: &mut Observation,
 ) -> Result<Verdict, DropReason> {
     let ip_bytes = frame.get(ETH_LEN..ctx.len).ok_or(DropReason::Truncated)?;
     let ip = Ipv6Packet::new_checked(ip_bytes).map_err(|_| DropReason::InvalidIpv6Header)?;
     let (src, dst, hop_limit) = (ip.src(), ip.dst(), ip.hop_limit());
+    observe::arrival_ip(
+        frame,
+        src.into(),
+        dst.into(),
+        layout.upper.protocol,
+        layout.l4,
+        observation,
+    );
     let icmp_type = layout.icmp_type(frame);
     let link_control = icmp_type.is_some_and(msg_type::is_link_control);
     if Some(src) != ctx.endpoint.ipv6 {
@@ -63,7 +72,7 @@ pub(crate) fn handle(
     if hop_limit <= 1 {
         return icmp_error::time_exceeded_v6(frame, ctx, layout);
     }
-    route::forward(frame, ctx.len, layout.l4, true, &ctx.stage())
+    route::forward(frame, ctx.len, layout.l4, true, &ctx.stage(), observation)
 }
 
 /// Forwards a routed IPv6 frame: hop limit decremented (checked > 1 by the

@@ -32,6 +32,12 @@
 //!    - routing by the (translated) destination ([`route`]): TTL decrement,
 //!      MACs, egress interface.
 //!
+//! [`process_observed`] also fills an [`Observation`] for flow events: the
+//! family stage notes the tuple as received ([`observe`]), conntrack the
+//! outcome (new / established / reply), the service and the tuple after a
+//! rewrite, policy the rules that allowed each direction, and [`dns`] the
+//! queries and answers of DNS-inspected flows. A few stores per frame.
+//!
 //! The engine is the pods' router: each pod has a /32 and a /128 and a default
 //! route via `gateway.ipv4` / `gateway.ipv6`.
 
@@ -48,6 +54,7 @@ mod masquerade;
 mod nat;
 mod ndisc;
 mod observation;
+mod observe;
 mod policy;
 mod reject;
 mod route;
@@ -103,8 +110,15 @@ pub fn process_observed(
     now_ns: u64,
     observation: &mut Observation,
 ) -> Verdict {
-    let _ = &observation;
-    match ingress::run(frame, len, ingress_ifindex, tables, flows, now_ns) {
+    match ingress::run(
+        frame,
+        len,
+        ingress_ifindex,
+        tables,
+        flows,
+        now_ns,
+        observation,
+    ) {
         Ok(verdict) => verdict,
         Err(reason) => Verdict::Drop(reason),
     }
@@ -112,6 +126,8 @@ pub fn process_observed(
 
 #[cfg(test)]
 mod flow_tests;
+#[cfg(test)]
+mod observation_tests;
 #[cfg(test)]
 mod policy_tests;
 #[cfg(test)]

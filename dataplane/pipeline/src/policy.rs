@@ -32,7 +32,7 @@ use sluice_wire::ip_protocol::{ICMP, ICMPV6};
 
 use crate::conntrack::Stage;
 use crate::nat::{End, Headers};
-use crate::{dns, DropReason, Verdict};
+use crate::{dns, DropReason, Observation, PolicyNote, Verdict};
 
 /// What an allowed connection carries into its conntrack entries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -91,6 +91,7 @@ pub(crate) fn admit_new(
     key: &FlowKey,
     dst: SocketAddr,
     stage: &Stage<'_>,
+    observation: &mut Observation,
 ) -> Result<Admitted, Verdict> {
     let connection = Connection {
         src: key.src,
@@ -98,8 +99,8 @@ pub(crate) fn admit_new(
         protocol: key.protocol,
         port: port_for(frame, h, dst.port()),
     };
-    let admitted = admit(&connection, stage)?;
-    check_query(frame, h, admitted, stage)?;
+    let admitted = admit(&connection, stage, observation)?;
+    check_query(frame, h, admitted, stage, observation)?;
     Ok(admitted)
 }
 
@@ -116,11 +117,19 @@ pub(crate) fn tracked(
     key: &FlowKey,
     entry: &Tracked,
     stage: &Stage<'_>,
+    observation: &mut Observation,
 ) -> Option<Verdict> {
     let dns_flow = entry.flags() & flags::DNS != 0;
     if entry.direction() == Direction::Reply {
         if dns_flow {
-            dns::answer(frame, h, stage.tables, &stage.flows.fqdn, stage.now_ns);
+            dns::answer(
+                frame,
+                h,
+                stage.tables,
+                &stage.flows.fqdn,
+                stage.now_ns,
+                &mut observation.dns,
+            );
         }
         return None;
     }
@@ -136,7 +145,7 @@ pub(crate) fn tracked(
         protocol: key.protocol,
         port: port_for(frame, h, dst.port()),
     };
-    let admitted = match admit(&connection, stage) {
+    let admitted = match admit(&connection, stage, observation) {
         Ok(admitted) => admitted,
         Err(verdict) => {
             stage.flows.conntrack.remove_flow(key);
@@ -147,7 +156,7 @@ pub(crate) fn tracked(
         stage.flows.conntrack.set_policy(key, word);
     }
     if dns_flow {
-        return check_query(frame, h, admitted, stage).err();
+        return check_query(frame, h, admitted, stage, observation).err();
     }
     None
 }
@@ -166,7 +175,12 @@ pub(crate) fn needs_check(entry: &Tracked, tables: &Tables) -> bool {
 /// connection on every packet, with port 0 or the ICMP type. `None` lets it
 /// go on.
 #[inline(never)]
-pub(crate) fn untracked(frame: &[u8], h: &Headers, stage: &Stage<'_>) -> Option<Verdict> {
+pub(crate) fn untracked(
+    frame: &[u8],
+    h: &Headers,
+    stage: &Stage<'_>,
+    observation: &mut Observation,
+) -> Option<Verdict> {
     if !stage.tables.policy.enforces() {
         return None;
     }
@@ -179,14 +193,19 @@ pub(crate) fn untracked(frame: &[u8], h: &Headers, stage: &Stage<'_>) -> Option<
         protocol: h.protocol,
         port: port_for(frame, h, 0),
     };
-    admit(&connection, stage).err()
+    admit(&connection, stage, observation).err()
 }
 
 /// The egress of a local source and the ingress of a local destination;
 /// both must allow. The DNS rules of the allowing egress entry (else
 /// ingress entry) come along. A local end's identity comes with its tables;
-/// any other end's from the ipcache.
-fn admit(connection: &Connection, stage: &Stage<'_>) -> Result<Admitted, Verdict> {
+/// any other end's from the ipcache. While policy is enforced, the
+/// observation gets the directions consulted and their allowing rules.
+fn admit(
+    connection: &Connection,
+    stage: &Stage<'_>,
+    observation: &mut Observation,
+) -> Result<Admitted, Verdict> {
     let tables = stage.tables;
     let policy = &tables.policy;
     let mut admitted = Admitted {
@@ -214,6 +233,12 @@ fn admit(connection: &Connection, stage: &Stage<'_>) -> Result<Admitted, Verdict
             .fqdn
             .contains(policy.fqdn_key(selector), addr, stage.now_ns)
     };
+    let mut note = PolicyNote {
+        egress_enforced: false,
+        egress_rule: Verdict::NO_RULE,
+        ingress_enforced: false,
+        ingress_rule: Verdict::NO_RULE,
+    };
     let mut ask = |end: &EndpointTables, peer: IpAddr, peer_identity: u32, direction| {
         let query = PolicyQuery {
             peer_identity,
@@ -221,7 +246,21 @@ fn admit(connection: &Connection, stage: &Stage<'_>) -> Result<Admitted, Verdict
             protocol: connection.protocol,
             port: connection.port,
         };
-        match policy.decide(end, direction, &query, fqdn) {
+        let decision = policy.decide(end, direction, &query, fqdn);
+        let allowing = match decision {
+            Decision::Allowed { rule, .. } => rule,
+            _ => Verdict::NO_RULE,
+        };
+        let enforced = !matches!(decision, Decision::NotEnforced);
+        match direction {
+            PolicyDirection::Egress => {
+                (note.egress_enforced, note.egress_rule) = (enforced, allowing)
+            }
+            PolicyDirection::Ingress => {
+                (note.ingress_enforced, note.ingress_rule) = (enforced, allowing)
+            }
+        }
+        match decision {
             Decision::NotEnforced => Ok(()),
             Decision::Allowed { dns, .. } => {
                 if admitted.dns.is_none() {
@@ -241,14 +280,17 @@ fn admit(connection: &Connection, stage: &Stage<'_>) -> Result<Admitted, Verdict
             }),
         }
     };
+    let mut decided = Ok(());
     if let Some(end) = &src {
         let peer = identity(dst, connection.dst);
-        ask(end, connection.dst, peer, PolicyDirection::Egress)?;
+        decided = ask(end, connection.dst, peer, PolicyDirection::Egress);
     }
-    if let Some(end) = &dst {
+    if let (Ok(()), Some(end)) = (decided, &dst) {
         let peer = identity(src, connection.src);
-        ask(end, connection.src, peer, PolicyDirection::Ingress)?;
+        decided = ask(end, connection.src, peer, PolicyDirection::Ingress);
     }
+    observation.policy = Some(note);
+    decided?;
     if admitted.dns.is_some() {
         admitted.flags = flags::DNS;
     }
@@ -261,6 +303,7 @@ fn check_query(
     h: &Headers,
     admitted: Admitted,
     stage: &Stage<'_>,
+    observation: &mut Observation,
 ) -> Result<(), Verdict> {
     let Some(rules) = admitted
         .dns
@@ -268,7 +311,7 @@ fn check_query(
     else {
         return Ok(());
     };
-    match dns::query(frame, h, rules, stage.link) {
+    match dns::query(frame, h, rules, stage.link, &mut observation.dns) {
         dns::DnsOutcome::Pass => Ok(()),
         dns::DnsOutcome::Refused(verdict) => Err(verdict),
     }

@@ -9,7 +9,7 @@ use sluice_wire::{ipv6, L4};
 use crate::conntrack::{self, Outcome, Stage};
 use crate::flow_key::outer_headers;
 use crate::nat::End;
-use crate::{ipv4, DropReason, Verdict};
+use crate::{ipv4, DropReason, Observation, Verdict};
 
 /// The interface and MACs a routed frame leaves with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,11 +64,12 @@ pub(crate) fn forward(
     l4: Option<L4>,
     is_ipv6: bool,
     stage: &Stage<'_>,
+    observation: &mut Observation,
 ) -> Result<Verdict, DropReason> {
     let translated = match l4 {
         Some(l4) => {
             let headers = outer_headers(is_ipv6, l4);
-            match conntrack::run(frame, &headers, stage)? {
+            match conntrack::run(frame, &headers, stage, observation)? {
                 Outcome::Answered(verdict) => return Ok(verdict),
                 Outcome::Route { translated } => translated,
             }

@@ -17,7 +17,7 @@ use sluice_wire::{ipv4 as wire_ipv4, Ipv4Packet, Ipv6Packet, Parsed, L3};
 
 use crate::conntrack::Stage;
 use crate::icmp_error::ReplyLink;
-use crate::{route, DropReason, Verdict};
+use crate::{route, DropReason, Observation, Verdict};
 
 pub(crate) fn from_outside(
     frame: &mut [u8],
@@ -26,6 +26,7 @@ pub(crate) fn from_outside(
     flows: &FlowTables,
     now_ns: u64,
     parsed: Parsed,
+    observation: &mut Observation,
 ) -> Result<Verdict, DropReason> {
     let Some(uplink) = tables.uplink.as_ref() else {
         return Err(DropReason::UnknownIngress);
@@ -58,7 +59,7 @@ pub(crate) fn from_outside(
             if ttl <= 1 {
                 return Err(DropReason::TtlExceeded);
             }
-            route::forward(frame, len, l4, false, &stage)
+            route::forward(frame, len, l4, false, &stage, observation)
         }
         L3::Ipv6 { upper, l4, .. } => {
             let link_control = match l4 {
@@ -83,7 +84,7 @@ pub(crate) fn from_outside(
             if hop_limit <= 1 {
                 return Err(DropReason::TtlExceeded);
             }
-            route::forward(frame, len, l4, true, &stage)
+            route::forward(frame, len, l4, true, &stage, observation)
         }
         L3::Other => Err(DropReason::UnknownEthertype),
     }

@@ -218,7 +218,7 @@ fn run_query(input: &[u8], rules: &DnsRules) -> (DnsOutcome, Vec<u8>) {
     let mut chunk = vec![0u8; CHUNK];
     chunk[..input.len()].copy_from_slice(input);
     let h = headers(input);
-    let outcome = query(&mut chunk, &h, rules, link());
+    let outcome = query(&mut chunk, &h, rules, link(), &mut None);
     let out = match outcome {
         DnsOutcome::Refused(Verdict::Reject { len, .. }) => chunk[..len].to_vec(),
         _ => chunk[..input.len()].to_vec(),
@@ -633,7 +633,7 @@ fn key(tables: &Tables, selector: u32) -> u64 {
 /// Feeds a UDP answer from the DNS server to the client.
 fn feed(tables: &Tables, cache: &FqdnCache, message: &[u8], now_ns: u64) {
     let frame = udp_v4(DNS_V4, POD_A.ipv4, 53, CLIENT_PORT, message);
-    answer(&frame, &headers(&frame), tables, cache, now_ns);
+    answer(&frame, &headers(&frame), tables, cache, now_ns, &mut None);
 }
 
 const WEB: [u8; 4] = [192, 0, 2, 7];
@@ -839,7 +839,7 @@ fn a_tcp_answer_fills_the_cache_from_the_records_it_holds() {
         POD_A.ipv4,
         &tcp_segment(53, CLIENT_PORT, 1, 1, tcp_flags::ACK, &[], &payload),
     );
-    answer(&frame, &headers(&frame), &tables, &cache, 0);
+    answer(&frame, &headers(&frame), &tables, &cache, 0, &mut None);
     assert!(cache.contains(key(&tables, 0), ip(WEB), 0));
     assert!(!cache.contains(key(&tables, 0), ip([192, 0, 2, 8]), 0));
 }
@@ -879,7 +879,7 @@ proptest! {
         }
         let tables = www_and_cdn();
         let cache = FqdnCache::new(1024);
-        answer(&input, &headers(&input), &tables, &cache, 0);
+        answer(&input, &headers(&input), &tables, &cache, 0, &mut None);
     }
 
     /// A valid query or answer with bytes overwritten (lengths, pointers,
