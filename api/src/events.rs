@@ -20,9 +20,10 @@ use serde::{Deserialize, Serialize};
 /// Events protocol version, checked by the subscriber on `Hello`.
 pub const EVENTS_PROTOCOL_VERSION: u32 = 1;
 
-/// One line on the events socket.
+/// One line on the events socket. Tagged `event` (not `kind`: a `Flow`'s
+/// fields, flattened into the line, already have a `kind`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+#[serde(tag = "event", rename_all = "snake_case")]
 pub enum EngineEvent {
     Hello {
         protocol: u32,

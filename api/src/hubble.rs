@@ -16,9 +16,13 @@
 use serde::{Deserialize, Serialize};
 
 pub mod drop_reason;
+pub mod event_type;
 pub mod filter;
+pub mod label_selector;
+pub mod query;
 
-pub use filter::FlowFilter;
+pub use filter::{CompiledFilter, EventTypeFilter, FlowFilter};
+pub use query::FlowQuery;
 
 /// Observe protocol version (`GetFlowsRequest::protocol`).
 pub const OBSERVE_PROTOCOL_VERSION: u32 = 1;

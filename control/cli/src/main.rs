@@ -6,6 +6,7 @@
 mod agent;
 mod conntrack;
 mod engine;
+mod observe;
 mod policy;
 mod policy_validate;
 mod services;
@@ -88,6 +89,13 @@ enum Command {
     Policy {
         #[command(subcommand)]
         command: PolicyCommand,
+    },
+    /// Observe flows from the agent's Hubble socket, with `hubble
+    /// observe`'s flags (`sluice observe --help`).
+    #[command(disable_help_flag = true)]
+    Observe {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
+        args: Vec<String>,
     },
 }
 
@@ -352,6 +360,7 @@ fn main() -> anyhow::Result<()> {
         Command::Policy { command } => {
             policy_command(&cli.engine_socket, &cli.agent_socket, command)?
         }
+        Command::Observe { args } => observe::run(&args)?,
     }
     Ok(())
 }
