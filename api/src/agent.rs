@@ -257,6 +257,26 @@ pub struct AgentStatus {
     pub pod_cidrs: Vec<String>,
     /// Manifest or watch problems currently in effect (each names file, object, field).
     pub source_errors: Vec<String>,
+    /// The flow pipeline (absent from older agents).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flows: Option<FlowsStatus>,
+}
+
+/// The agent's flow buffer and what was lost on the way to it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowsStatus {
+    /// Flows received since the agent started.
+    pub flows_seen: u64,
+    /// Events (flows and lost reports) in the ring buffer now.
+    pub buffered: usize,
+    /// `--hubble-event-buffer-capacity`.
+    pub capacity: usize,
+    /// Lost events per source since the agent started.
+    pub lost: Vec<(crate::events::LostSource, u64)>,
+    /// Unix ns of the newest flow, 0 before the first.
+    pub last_flow_unix_ns: u64,
+    /// The agent is reading the engine's events socket.
+    pub engine_events_connected: bool,
 }
 
 impl AgentStatus {

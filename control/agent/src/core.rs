@@ -114,7 +114,9 @@ impl AgentCore {
                 desired: Arc::new(first),
             }),
             engine: watch::Sender::new(EngineView::default()),
-            flows: Arc::new(crate::flows::FlowHub::new(4096)),
+            flows: Arc::new(crate::flows::FlowHub::new(
+                crate::flows::DEFAULT_BUFFER_CAPACITY,
+            )),
         })
     }
 

@@ -123,6 +123,35 @@ pub struct AgentArgs {
     /// its TTL.
     #[arg(long, default_value_t = 0)]
     pub tofqdns_min_ttl: u32,
+
+    // -- Metrics and service map (HTTP) --
+    /// Serve Prometheus metrics (/metrics) and the service map (/ and
+    /// /api/servicemap) on this address (Cilium's flag): `:9962` for every
+    /// address, `10.0.0.1:9962`, `[fd00::1]:9962`; empty (the default) is off.
+    #[arg(long, default_value = "", value_parser = crate::http::parse_serve_addr_flag)]
+    pub prometheus_serve_addr: crate::http::ServeAddr,
+
+    // -- Flows (Hubble) --
+    /// The engine's events socket (sluice-engine --events-socket): flows,
+    /// lost events and counters. The agent runs without it and reconnects.
+    #[arg(long, default_value = "/run/sluice/engine-events.sock")]
+    pub engine_events_socket: PathBuf,
+    /// The agent's Hubble socket (`sluice observe`), mode 0600.
+    #[arg(long, default_value = "/run/sluice/hubble.sock")]
+    pub hubble_socket: PathBuf,
+    /// Events (flows and lost-event reports) the flow ring buffer keeps
+    /// (Cilium's flag and default).
+    #[arg(long, default_value_t = crate::flows::DEFAULT_BUFFER_CAPACITY, value_parser = parse_buffer_capacity)]
+    pub hubble_event_buffer_capacity: usize,
+}
+
+/// `--hubble-event-buffer-capacity`: above 0.
+fn parse_buffer_capacity(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("the flow buffer capacity must be above 0".into()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("{text:?} is not a number of events")),
+    }
 }
 
 /// `--enable-policy`
@@ -408,6 +437,25 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
             }
         })
     };
+    // -- Flows (Hubble): engine events in, ring buffer, Hubble socket out --
+    core.flows.set_capacity(args.hubble_event_buffer_capacity);
+    let events = tokio::spawn(crate::events_client::run(
+        core.clone(),
+        args.engine_events_socket.clone(),
+    ));
+    let hubble = crate::hubble_server::serve(
+        core.flows.clone(),
+        core.config.node_name.clone(),
+        &args.hubble_socket,
+    )
+    .await?;
+    // -- end of flows --
+    // -- Metrics and service map (HTTP) --
+    let http = match args.prometheus_serve_addr.0 {
+        Some(addr) => Some(crate::http::serve(addr, core.flows.clone()).await?),
+        None => None,
+    };
+    // -- end of metrics and service map --
     let recompute = {
         let core = core.clone();
         let store = store.clone();
@@ -452,6 +500,12 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     server.abort();
     engine.abort();
     recompute.abort();
+    events.abort();
+    hubble.abort();
+    if let Some(http) = &http {
+        http.abort();
+    }
+    let _ = std::fs::remove_file(&args.hubble_socket);
     let _ = std::fs::remove_file(&args.socket);
     let _: Arc<AgentCore> = core;
     Ok(())
@@ -596,6 +650,27 @@ mod tests {
         assert!(err.contains("\"world\" is not a CIDR match mode"), "{err}");
         assert!(args(&["--enable-policy", "sometimes"]).is_err());
         assert!(args(&["--allow-localhost", "auto"]).is_err());
+    }
+
+    #[test]
+    fn flow_flags_default_to_ciliums_and_refuse_an_empty_buffer() {
+        let a = args(&[]).unwrap();
+        assert_eq!(a.hubble_event_buffer_capacity, 4095);
+        assert_eq!(a.hubble_socket, PathBuf::from("/run/sluice/hubble.sock"));
+        assert_eq!(
+            a.engine_events_socket,
+            PathBuf::from("/run/sluice/engine-events.sock")
+        );
+        let a = args(&["--hubble-event-buffer-capacity", "65535"]).unwrap();
+        assert_eq!(a.hubble_event_buffer_capacity, 65535);
+        let err = args(&["--hubble-event-buffer-capacity", "0"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("must be above 0"), "{err}");
+        let err = args(&["--hubble-event-buffer-capacity", "many"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("\"many\" is not a number"), "{err}");
     }
 
     #[test]

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use sluice_api::agent::{
-    host_ifname, AgentRequest, AgentResponse, AgentStatus, Allocation, ErrorKind, IpAssignment,
-    Request, AGENT_PROTOCOL_VERSION,
+    host_ifname, AgentRequest, AgentResponse, AgentStatus, Allocation, ErrorKind, FlowsStatus,
+    IpAssignment, Request, AGENT_PROTOCOL_VERSION,
 };
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
@@ -311,5 +311,17 @@ pub fn status(core: &AgentCore) -> AgentStatus {
             .map(|c| c.to_string())
             .collect(),
         source_errors,
+        flows: Some(flows_status(&core.flows.status())),
+    }
+}
+
+fn flows_status(hub: &crate::flows::FlowHubStatus) -> FlowsStatus {
+    FlowsStatus {
+        flows_seen: hub.flows_seen,
+        buffered: hub.buffered,
+        capacity: hub.capacity,
+        lost: hub.lost.clone(),
+        last_flow_unix_ns: hub.last_flow_unix_ns,
+        engine_events_connected: hub.engine_events_connected,
     }
 }

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use sluice_api::agent::{
-    AgentRequest, AgentResponse, AgentStatus, EndpointInfo, IdentityInfo, PolicyInfo, PolicyTrace,
-    Request, TraceRequest,
+    AgentRequest, AgentResponse, EndpointInfo, IdentityInfo, PolicyInfo, PolicyTrace, Request,
+    TraceRequest,
 };
 use sluice_api::{read_message, write_message};
 
@@ -29,13 +29,6 @@ pub fn ask(socket: &Path, request: AgentRequest) -> anyhow::Result<AgentResponse
         Some(AgentResponse::Error { kind, message }) => bail!("agent: {message} ({kind:?})"),
         Some(answer) => Ok(answer),
         None => bail!("the agent closed the connection without answering"),
-    }
-}
-
-pub fn status(socket: &Path) -> anyhow::Result<AgentStatus> {
-    match ask(socket, AgentRequest::Status)? {
-        AgentResponse::Status { status } => Ok(status),
-        other => bail!("unexpected answer to status: {other:?}"),
     }
 }
 
@@ -73,58 +66,6 @@ pub fn trace_policy(socket: &Path, trace: TraceRequest) -> anyhow::Result<Policy
     match ask(socket, AgentRequest::TracePolicy { trace })? {
         AgentResponse::PolicyTrace { trace } => Ok(trace),
         other => bail!("unexpected answer to policy trace: {other:?}"),
-    }
-}
-
-/// `cilium status`-like summary. `engine` is the engine's stats JSON when reachable.
-pub fn print_status(s: &AgentStatus, engine: Option<&serde_json::Value>) {
-    let sync = if s.in_sync() {
-        format!("in sync at generation {}", s.acked_generation)
-    } else if !s.engine_connected {
-        format!(
-            "NOT CONNECTED (desired generation {}, last acked {})",
-            s.desired_generation, s.acked_generation
-        )
-    } else if let Some(e) = &s.engine_error {
-        format!("REFUSED generation {}: {e}", s.desired_generation)
-    } else {
-        format!(
-            "syncing: desired {}, acked {}",
-            s.desired_generation, s.acked_generation
-        )
-    };
-    println!("Agent:       {} on node {}", s.agent, s.node);
-    println!(
-        "Source:      {} ({})",
-        s.source,
-        if s.source_synced {
-            "synced"
-        } else {
-            "initial sync pending"
-        }
-    );
-    println!(
-        "Engine:      {} · {sync}",
-        s.engine.as_deref().unwrap_or("-")
-    );
-    if let Some(e) = engine {
-        println!(
-            "Dataplane:   {} worker(s) · tables generation {} · {} endpoint(s) served",
-            e["engine"]["workers"], e["generation"], e["endpoints"]
-        );
-    }
-    println!("Pod CIDRs:   {}", s.pod_cidrs.join(" "));
-    println!(
-        "Endpoints:   {} · Identities: {} · IPCache: {} entries · Services: {} ports",
-        s.endpoints, s.identities, s.ipcache_entries, s.services
-    );
-    if s.source_errors.is_empty() {
-        println!("Errors:      none");
-    } else {
-        println!("Errors:      {}", s.source_errors.len());
-        for e in &s.source_errors {
-            println!("  {e}");
-        }
     }
 }
 

@@ -10,6 +10,7 @@ mod observe;
 mod policy;
 mod policy_validate;
 mod services;
+mod status;
 
 use std::path::PathBuf;
 
@@ -62,6 +63,9 @@ enum Command {
     Status {
         #[arg(short, long)]
         json: bool,
+        /// `-o json` is the same as `--json`.
+        #[arg(short = 'o', long, value_enum)]
+        output: Option<Output>,
     },
     /// Local endpoints (pods wired by sluice-cni).
     Endpoint {
@@ -310,16 +314,9 @@ fn main() -> anyhow::Result<()> {
             }
             println!("state applied, generation {}", answer["generation"]);
         }
-        Command::Status { json } => {
-            let status = agent::status(&cli.agent_socket)?;
-            let engine = ask(&cli.engine_socket, "stats").ok();
-            if json {
-                let out = serde_json::json!({"agent": status, "in_sync": status.in_sync(), "engine": engine});
-                println!("{}", serde_json::to_string_pretty(&out)?);
-            } else {
-                agent::print_status(&status, engine.as_ref());
-            }
-            if !status.in_sync() {
+        Command::Status { json, output } => {
+            let json = json || output == Some(Output::Json);
+            if !status::run(&cli.agent_socket, &cli.engine_socket, json)? {
                 std::process::exit(1);
             }
         }
