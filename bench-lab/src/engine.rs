@@ -1,7 +1,7 @@
 //! Starting, querying and stopping sluice-engine inside the node namespace.
 //!
 //! Command line: `<engine> --state <run dir>/state.json --stats-socket <run dir>/engine.sock
-//! --workers <n> [extra args]`, run as `nsenter --net=/run/netns/<node> -- <engine> ...`;
+//! --events-socket <run dir>/events.sock --workers <n> [extra args]`, run as `nsenter --net=/run/netns/<node> -- <engine> ...`;
 //! with [`EngineOptions::api_socket`] also `--api-socket <run dir>/api.sock`, and
 //! without [`EngineOptions::state_file`] no `--state` (the engine waits for an agent).
 //! Stats protocol: connect to the unix socket, write `stats\n`, read JSON until EOF.
@@ -76,6 +76,12 @@ impl Lab {
         self.run_dir().join("api.sock")
     }
 
+    /// `<run dir>/events.sock`: the engine's flow events socket (every lab
+    /// engine serves one; workers build events only while someone reads it).
+    pub fn events_socket(&self) -> PathBuf {
+        self.run_dir().join("events.sock")
+    }
+
     /// Starts the engine in the node namespace and waits until its stats socket
     /// accepts a connection. Returns its PID.
     pub fn start_engine(&self, options: &EngineOptions) -> Result<u32> {
@@ -95,6 +101,7 @@ impl Lab {
         let socket_text = socket.display().to_string();
         let api_socket = self.api_socket();
         let api_socket_text = api_socket.display().to_string();
+        let events_socket_text = self.events_socket().display().to_string();
         // A CNI lab's engine is always fed by the agent.
         let cni = self.spec().uses_cni();
         let (state_file, api) = if cni {
@@ -113,7 +120,14 @@ impl Lab {
         if api {
             args.extend(["--api-socket", &api_socket_text]);
         }
-        args.extend(["--stats-socket", &socket_text, "--workers", &workers]);
+        args.extend([
+            "--stats-socket",
+            &socket_text,
+            "--events-socket",
+            &events_socket_text,
+            "--workers",
+            &workers,
+        ]);
         args.extend(options.extra_args.iter().map(String::as_str));
 
         let pid = {

@@ -445,7 +445,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// Binds under a temporary name, restricts it to the owner, then renames it
 /// into place: no moment exists in which another user could connect.
-fn bind_private(path: &Path) -> std::io::Result<UnixListener> {
+pub(crate) fn bind_private(path: &Path) -> std::io::Result<UnixListener> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
     }

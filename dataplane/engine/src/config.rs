@@ -24,6 +24,24 @@ pub enum XdpAttach {
     Skb,
 }
 
+/// Which forwarded frames become trace events (Cilium's
+/// `--monitor-aggregation` flag and level names). Drops, policy verdicts and
+/// DNS events are emitted at every level; see
+/// [`crate::flow_record::event_kinds`] for the exact rule.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MonitorAggregation {
+    /// Every forwarded frame.
+    None,
+    /// New flows and TCP SYN/FIN/RST frames (the same rule as `medium` here).
+    Low,
+    /// New flows and TCP SYN/FIN/RST frames (SYN-ACK: the first TCP reply).
+    #[default]
+    Medium,
+    /// New flows only.
+    Maximum,
+}
+
 #[derive(Clone, Debug, Parser)]
 #[command(
     name = "sluice-engine",
@@ -69,6 +87,18 @@ pub struct EngineConfig {
     /// allocated up front. Under pressure flows are evicted, then new ones refused.
     #[arg(long, default_value_t = sluice_conntrack::DEFAULT_CAPACITY)]
     pub ct_capacity: usize,
+    /// Unix socket (mode 0600) serving flow events, lost-event reports and
+    /// counters as newline-delimited JSON (sluice-api events protocol).
+    /// Workers build events only while a subscriber is connected.
+    #[arg(long)]
+    pub events_socket: Option<PathBuf>,
+    /// Which forwarded frames are reported as trace events.
+    #[arg(long, value_enum, default_value_t = MonitorAggregation::Medium)]
+    pub monitor_aggregation: MonitorAggregation,
+    /// Flow events each worker can queue for the events thread; events that
+    /// do not fit are counted as lost, never waited for.
+    #[arg(long, default_value_t = 8192)]
+    pub events_queue_size: usize,
 }
 
 impl EngineConfig {
@@ -85,6 +115,9 @@ impl EngineConfig {
         }
         if self.ct_capacity < 1024 {
             anyhow::bail!("--ct-capacity must be at least 1024 entries");
+        }
+        if self.events_queue_size == 0 {
+            anyhow::bail!("--events-queue-size must be at least 1 event");
         }
         Ok(())
     }
@@ -115,5 +148,40 @@ mod tests {
         ] {
             EngineConfig::parse_from(args).validate().unwrap();
         }
+    }
+
+    #[test]
+    fn events_flags_parse_with_cilium_level_names() {
+        let config = EngineConfig::parse_from(["sluice-engine", "--state", "s.json"]);
+        assert_eq!(config.monitor_aggregation, MonitorAggregation::Medium);
+        assert_eq!(config.events_queue_size, 8192);
+        assert_eq!(config.events_socket, None);
+        for (name, level) in [
+            ("none", MonitorAggregation::None),
+            ("low", MonitorAggregation::Low),
+            ("medium", MonitorAggregation::Medium),
+            ("maximum", MonitorAggregation::Maximum),
+        ] {
+            let config = EngineConfig::parse_from([
+                "sluice-engine",
+                "--state",
+                "s.json",
+                "--monitor-aggregation",
+                name,
+                "--events-socket",
+                "e.sock",
+            ]);
+            assert_eq!(config.monitor_aggregation, level);
+            assert_eq!(config.events_socket, Some(PathBuf::from("e.sock")));
+        }
+        let zero = EngineConfig::parse_from([
+            "sluice-engine",
+            "--state",
+            "s.json",
+            "--events-queue-size",
+            "0",
+        ]);
+        let err = zero.validate().unwrap_err().to_string();
+        assert!(err.contains("--events-queue-size"), "{err}");
     }
 }

@@ -1,7 +1,7 @@
 //! The engine's control thread: takes the desired node state (from the --state
 //! file and/or the agent on --api-socket), attaches XDP programs and worker
 //! sockets to the interfaces it names, publishes table snapshots, serves the
-//! stats and API sockets, and shuts everything down in order.
+//! stats, API and events sockets, and shuts everything down in order.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,6 +20,8 @@ use sluice_xsk::{WorkerIo, XskConfig};
 use crate::api::{ApiBoard, ApiServer, Dataplane};
 use crate::config::{EngineConfig, XdpAttach};
 use crate::counters::WorkerCounters;
+use crate::events_socket::{EventsOptions, EventsServer};
+use crate::flow_record::EventQueues;
 use crate::ports::{PortBoard, PortCommand, PortStatus};
 use crate::stats::{EngineInfo, EngineShared, StatsSocket};
 use crate::uplink_steering::UplinkSteering;
@@ -385,6 +387,7 @@ pub fn run(config: EngineConfig) -> anyhow::Result<()> {
             mode: config.mode,
             xdp_mode: config.xdp_mode,
             hugepages: ios.iter().map(|io| io.uses_hugepages()).collect(),
+            events_socket: config.events_socket.clone(),
             started: Some(epoch),
         },
         api: Arc::new(ApiBoard::default()),
@@ -392,6 +395,16 @@ pub fn run(config: EngineConfig) -> anyhow::Result<()> {
             capacity: config.ct_capacity,
             ..CtConfig::default()
         })),
+        // Queues only when events are served: an engine without the socket
+        // keeps no per-worker event memory.
+        events: match &config.events_socket {
+            Some(_) => EventQueues::new(
+                config.workers,
+                config.events_queue_size,
+                config.monitor_aggregation,
+            ),
+            None => EventQueues::disabled(config.monitor_aggregation),
+        },
     });
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -468,6 +481,13 @@ pub fn run(config: EngineConfig) -> anyhow::Result<()> {
                 .map_err(|e| format!("{e:#}"))
         })
     };
+    let events = match &config.events_socket {
+        Some(path) => Some(
+            EventsServer::serve(path, shared.clone(), epoch, EventsOptions::default())
+                .with_context(|| format!("serve events socket {}", path.display()))?,
+        ),
+        None => None,
+    };
     let socket = StatsSocket::serve(&config.stats_socket, shared.clone(), reload)
         .with_context(|| format!("serve stats socket {}", config.stats_socket.display()))?;
     tracing::info!(
@@ -475,6 +495,8 @@ pub fn run(config: EngineConfig) -> anyhow::Result<()> {
         cores = ?cores,
         socket = %config.stats_socket.display(),
         api_socket = ?config.api_socket,
+        events_socket = ?config.events_socket,
+        monitor_aggregation = ?config.monitor_aggregation,
         state = ?config.state,
         "engine ready"
     );
@@ -505,6 +527,7 @@ pub fn run(config: EngineConfig) -> anyhow::Result<()> {
     for thread in threads {
         let _ = thread.join();
     }
+    drop(events);
     drop(socket);
     Ok(())
 }

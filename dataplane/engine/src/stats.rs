@@ -19,8 +19,9 @@ use sluice_pipeline::DropReason;
 use sluice_tables::{PolicyDirection, PolicyState, RuleOrigin, TablesHandle};
 
 use crate::api::{ApiBoard, ApiStatus};
-use crate::config::{WaitMode, XdpAttach};
-use crate::counters::{self, CounterSnapshot, WorkerCounters};
+use crate::config::{MonitorAggregation, WaitMode, XdpAttach};
+use crate::counters::{self, CounterSnapshot, TrafficDirection, WorkerCounters};
+use crate::flow_record::EventQueues;
 use crate::ports::{PortBoard, PortStatus};
 
 /// Everything the stats socket reads; shared with the workers.
@@ -34,6 +35,8 @@ pub struct EngineShared {
     pub api: Arc<ApiBoard>,
     /// Conntrack and session affinity: the tables workers write, shared by all of them.
     pub flows: Arc<FlowTables>,
+    /// Flow event queues (one per worker) and whether anyone subscribes.
+    pub events: EventQueues,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -47,6 +50,8 @@ pub struct EngineInfo {
     pub xdp_mode: XdpAttach,
     /// Whether each worker's UMEM sits on 2 MiB hugepages.
     pub hugepages: Vec<bool>,
+    /// The --events-socket path, if served.
+    pub events_socket: Option<PathBuf>,
     #[serde(skip)]
     pub started: Option<Instant>,
 }
@@ -57,6 +62,9 @@ pub struct DropRow {
     pub name: &'static str,
     pub count: u64,
     pub per_worker: Vec<u64>,
+    /// `count` split by traffic direction: frames from the uplink / from pods.
+    pub ingress: u64,
+    pub egress: u64,
 }
 
 /// Policy drops of one rule in one direction, summed over the workers.
@@ -77,8 +85,28 @@ pub struct PolicyDropRow {
 pub struct WorkerRow {
     pub worker: usize,
     pub core: usize,
+    /// Share of the uptime spent in passes that received frames (0..1).
+    pub busy_ratio: f64,
     #[serde(flatten)]
     pub counters: CounterSnapshot,
+}
+
+/// Flow events: the socket, the aggregation level, the queues and losses.
+#[derive(Debug, Serialize)]
+pub struct EventsStatus {
+    pub socket: Option<PathBuf>,
+    pub monitor_aggregation: MonitorAggregation,
+    /// Records each worker's queue holds.
+    pub queue_size: usize,
+    pub subscribers: usize,
+    /// Workers are building events (a subscriber is connected).
+    pub observing: bool,
+    /// Events queued by the workers (all workers; per worker in `workers`).
+    pub emitted: u64,
+    /// Events lost to full worker queues.
+    pub lost: u64,
+    /// Events not written to slow subscribers (summed over subscribers).
+    pub subscriber_lost: u64,
 }
 
 /// The document `stats` answers with.
@@ -103,12 +131,15 @@ pub struct StatsReport {
     pub conntrack: CtStats,
     /// Policy drops per deciding rule (those with drops), most first.
     pub policy_drops: Vec<PolicyDropRow>,
+    pub events: EventsStatus,
 }
 
 impl EngineShared {
     pub fn report(&self) -> StatsReport {
         let snaps: Vec<CounterSnapshot> = self.counters.iter().map(|c| c.snapshot()).collect();
         let totals = CounterSnapshot::sum(&snaps);
+        let by_direction =
+            |d: TrafficDirection, r: &DropReason| totals.drops_by_direction[d.index()][r.index()];
         let drops = DropReason::ALL
             .iter()
             .map(|r| DropRow {
@@ -116,16 +147,29 @@ impl EngineShared {
                 name: r.name(),
                 count: totals.drops[r.index()],
                 per_worker: snaps.iter().map(|s| s.drops[r.index()]).collect(),
+                ingress: by_direction(TrafficDirection::Ingress, r),
+                egress: by_direction(TrafficDirection::Egress, r),
             })
             .collect();
         let tables = self.tables.load();
+        let uptime_seconds = self
+            .info
+            .started
+            .map(|t| t.elapsed().as_secs_f64())
+            .unwrap_or(0.0);
+        let events = EventsStatus {
+            socket: self.info.events_socket.clone(),
+            monitor_aggregation: self.events.level(),
+            queue_size: self.events.capacity(),
+            subscribers: self.events.subscribers(),
+            observing: self.events.observing(),
+            emitted: totals.events_emitted,
+            lost: totals.events_lost,
+            subscriber_lost: self.events.subscriber_lost(),
+        };
         StatsReport {
             engine: self.info.clone(),
-            uptime_seconds: self
-                .info
-                .started
-                .map(|t| t.elapsed().as_secs_f64())
-                .unwrap_or(0.0),
+            uptime_seconds,
             generation: tables.generation,
             endpoints: tables.endpoints.len(),
             ipcache_entries: tables.ipcache.len(),
@@ -137,6 +181,7 @@ impl EngineShared {
                 .map(|(worker, counters)| WorkerRow {
                     worker,
                     core: self.info.cores.get(worker).copied().unwrap_or(0),
+                    busy_ratio: busy_ratio(counters.busy_ns, uptime_seconds),
                     counters,
                 })
                 .collect(),
@@ -145,7 +190,15 @@ impl EngineShared {
             services: tables.services.len(),
             conntrack: self.flows.conntrack.stats(),
             policy_drops: self.policy_drops(tables.policy.state()),
+            events,
         }
+    }
+
+    /// The `stats` answer as JSON (also the events socket's `Stats` message).
+    pub fn report_json(&self) -> serde_json::Value {
+        serde_json::to_value(self.report()).unwrap_or_else(
+            |e| serde_json::json!({ "ok": false, "error": format!("stats report: {e}") }),
+        )
     }
 
     /// Every worker's per-rule policy drops, summed by rule origin and
@@ -173,6 +226,14 @@ impl EngineShared {
         rows.sort_by_key(|row| std::cmp::Reverse(row.packets));
         rows
     }
+}
+
+/// `busy_ns` over the uptime, within 0..=1.
+fn busy_ratio(busy_ns: u64, uptime_seconds: f64) -> f64 {
+    if uptime_seconds <= 0.0 {
+        return 0.0;
+    }
+    (busy_ns as f64 / 1e9 / uptime_seconds).clamp(0.0, 1.0)
 }
 
 /// Re-reads the state file and applies it; returns the new generation, or
@@ -226,7 +287,7 @@ fn answer(stream: UnixStream, shared: &EngineShared, reload: &ReloadFn) -> std::
     let mut line = String::new();
     BufReader::new(&stream).read_line(&mut line)?;
     let body = match line.trim() {
-        "stats" | "" => serde_json::to_vec_pretty(&shared.report())?,
+        "stats" | "" => serde_json::to_vec_pretty(&shared.report_json())?,
         "reload" => {
             let answer = match reload() {
                 Ok(generation) => serde_json::json!({ "ok": true, "generation": generation }),
@@ -260,10 +321,39 @@ fn answer(stream: UnixStream, shared: &EngineShared, reload: &ReloadFn) -> std::
 }
 
 #[cfg(test)]
+impl EngineShared {
+    /// An engine's shared state around `tables`, with `workers` workers,
+    /// events enabled (queues of 64 records) and no socket.
+    pub(crate) fn for_tests(tables: sluice_tables::Tables, workers: usize) -> EngineShared {
+        EngineShared {
+            tables: TablesHandle::new(tables),
+            counters: (0..workers).map(|_| WorkerCounters::default()).collect(),
+            ports: PortBoard::default(),
+            info: EngineInfo {
+                version: "test",
+                pid: 1,
+                workers,
+                cores: (0..workers).collect(),
+                mode: WaitMode::Idle,
+                xdp_mode: XdpAttach::Native,
+                hugepages: vec![false; workers],
+                events_socket: None,
+                started: Some(Instant::now()),
+            },
+            api: Arc::new(ApiBoard::default()),
+            flows: Arc::new(FlowTables::new(sluice_conntrack::CtConfig {
+                capacity: 1024,
+                ..sluice_conntrack::CtConfig::default()
+            })),
+            events: EventQueues::new(workers, 64, MonitorAggregation::Medium),
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::counters::LocalCounters;
-    use sluice_conntrack::CtConfig;
     use sluice_tables::{NodeState, Tables};
 
     fn origin(name: &str, path: &str) -> RuleOrigin {
@@ -286,26 +376,7 @@ mod tests {
         ];
         let tables = Tables::build(state).unwrap();
         let policy = Arc::clone(tables.policy.shared_state());
-        let shared = EngineShared {
-            tables: TablesHandle::new(tables),
-            counters: vec![WorkerCounters::default(), WorkerCounters::default()],
-            ports: PortBoard::default(),
-            info: EngineInfo {
-                version: "test",
-                pid: 1,
-                workers: 2,
-                cores: vec![0, 1],
-                mode: WaitMode::Idle,
-                xdp_mode: XdpAttach::Native,
-                hugepages: vec![false, false],
-                started: None,
-            },
-            api: Arc::new(ApiBoard::default()),
-            flows: Arc::new(FlowTables::new(CtConfig {
-                capacity: 1024,
-                ..CtConfig::default()
-            })),
-        };
+        let shared = EngineShared::for_tests(tables, 2);
         for (worker, drops) in shared.counters.iter().zip([3, 4]) {
             let mut local = LocalCounters::default();
             worker.switch_rules(&mut local, &policy);
@@ -314,9 +385,17 @@ mod tests {
                     DropReason::PolicyDeniedByDenylist,
                     0,
                     PolicyDirection::Ingress,
+                    TrafficDirection::Ingress,
+                    100,
                 );
             }
-            local.policy_drop(DropReason::PolicyDenied, 1, PolicyDirection::Egress);
+            local.policy_drop(
+                DropReason::PolicyDenied,
+                1,
+                PolicyDirection::Egress,
+                TrafficDirection::Egress,
+                60,
+            );
             worker.publish(&mut local);
         }
         let report = shared.report();
@@ -349,6 +428,9 @@ mod tests {
             .find(|d| d.name == "policy_denied_by_denylist")
             .unwrap();
         assert_eq!((denylist.number, denylist.count), (29, 7));
+        assert_eq!((denylist.ingress, denylist.egress), (7, 0));
+        assert_eq!(report.totals.dropped.ingress.bytes, 700);
+        assert_eq!(report.totals.dropped.egress.packets, 2);
         let json = serde_json::to_value(&report).unwrap();
         assert_eq!(
             json["policy_drops"][0],

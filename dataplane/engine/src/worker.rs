@@ -5,6 +5,13 @@
 //! the socket of the egress interface (same UMEM, so no copy) or release it;
 //! then flush (tx kick, completions, fill refill) and publish counters.
 //! Every worker can transmit on every interface, so no frame crosses workers.
+//!
+//! Flow events: once per pass the worker reads whether anyone subscribes
+//! ([`crate::flow_record::EventQueues::observing`]). If not, frames go
+//! through `process` exactly as without events. If so, each frame goes
+//! through `process_observed` with the worker's one [`Observation`]
+//! (cleared per frame), and its fate and observation are queued as a
+//! [`crate::flow_record::FlowRecord`] when the aggregation level asks for it.
 
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,11 +22,12 @@ use crossbeam_channel::Receiver;
 use hashbrown::HashMap;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
-use sluice_pipeline::{process, DropReason, Verdict};
+use sluice_pipeline::{process, process_observed, DropReason, Observation, Verdict};
 use sluice_xsk::{Frame, PortId, WorkerIo};
 
 use crate::config::WaitMode;
-use crate::counters::LocalCounters;
+use crate::counters::{LocalCounters, TrafficDirection};
+use crate::flow_record::{self, FrameFate, PassContext, PolicyBlame};
 use crate::ports::{KernelSocketStats, PortCommand, PortStatus};
 use crate::stats::EngineShared;
 
@@ -63,6 +71,8 @@ pub struct Worker {
     /// The tables generation the per-rule policy counters were last checked
     /// against (`u64::MAX`: none yet).
     seen_generation: u64,
+    /// What the pipeline noted about the current frame, while observing.
+    observation: Observation,
 }
 
 impl std::fmt::Debug for Worker {
@@ -101,6 +111,7 @@ impl Worker {
             stop,
             epoch,
             seen_generation: u64::MAX,
+            observation: Observation::default(),
         })
     }
 
@@ -150,6 +161,10 @@ impl Worker {
                 self.shared.counters[self.id].switch_rules(&mut self.local, state);
             }
         }
+        // One relaxed load per pass: without a subscriber nothing below
+        // builds or queues an event.
+        let observing = self.shared.events.observing();
+        let uplink_ifindex = tables.uplink.as_ref().map(|u| u.ifindex);
         // Read the clock once per pass, and only when there are frames.
         let mut now_ns: Option<u64> = None;
         let mut received = 0;
@@ -167,6 +182,8 @@ impl Worker {
                 continue;
             }
             let now_ns = *now_ns.get_or_insert_with(|| self.epoch.elapsed().as_nanos() as u64);
+            let traffic = TrafficDirection::of_frame(ingress_ifindex, uplink_ifindex);
+            let worker_id = self.id;
             let Worker {
                 io,
                 batch,
@@ -174,72 +191,143 @@ impl Worker {
                 by_ifindex,
                 ports,
                 shared,
+                observation,
                 ..
             } = self;
             // Conntrack and affinity: shared by every worker, written without locks.
             let flows = &*shared.flows;
+            let events = if observing {
+                shared.events.queue(worker_id).map(|queue| {
+                    let pass = PassContext {
+                        worker: worker_id as u32,
+                        generation: tables.generation,
+                        time_ns: now_ns,
+                        level: shared.events.level(),
+                    };
+                    (queue, pass)
+                })
+            } else {
+                None
+            };
             for mut frame in batch.drain(..) {
                 let len = frame.len();
                 local.rx_packets += 1;
                 local.rx_bytes += len as u64;
-                let verdict = process(
-                    io.buffer_mut(&mut frame),
-                    len,
-                    ingress_ifindex,
-                    &tables,
-                    flows,
-                    now_ns,
-                );
-                let (ifindex, len) = match verdict {
-                    Verdict::Forward { ifindex, len } => (ifindex, len),
+                let buffer = io.buffer_mut(&mut frame);
+                let verdict = if events.is_some() {
+                    observation.clear();
+                    process_observed(
+                        buffer,
+                        len,
+                        ingress_ifindex,
+                        &tables,
+                        flows,
+                        now_ns,
+                        observation,
+                    )
+                } else {
+                    process(buffer, len, ingress_ifindex, &tables, flows, now_ns)
+                };
+                let fate = match verdict {
+                    Verdict::Forward {
+                        ifindex,
+                        len: out_len,
+                    } => match by_ifindex.get(&ifindex).map(|i| ports[*i].id) {
+                        Some(egress) => {
+                            frame.set_len(out_len);
+                            match io.transmit(egress, frame) {
+                                Ok(()) => {
+                                    local.tx_packets += 1;
+                                    local.tx_bytes += out_len as u64;
+                                    local.forwarded(traffic, out_len as u64);
+                                    if ifindex == ingress_ifindex {
+                                        local.replies += 1;
+                                    }
+                                    FrameFate::Forwarded {
+                                        egress_ifindex: ifindex,
+                                    }
+                                }
+                                Err(frame) => {
+                                    io.release(frame);
+                                    tx_unavailable(local, traffic, len)
+                                }
+                            }
+                        }
+                        None => {
+                            io.release(frame);
+                            tx_unavailable(local, traffic, len)
+                        }
+                    },
                     // A refused packet answered in place (RST, port unreachable):
                     // counted as dropped, and the answer sent like a forward.
                     Verdict::Reject {
                         ifindex,
-                        len,
+                        len: out_len,
                         reason,
                     } => {
-                        local.drop(reason);
-                        (ifindex, len)
+                        local.drop(reason, traffic, len as u64);
+                        match by_ifindex.get(&ifindex).map(|i| ports[*i].id) {
+                            Some(egress) => {
+                                frame.set_len(out_len);
+                                match io.transmit(egress, frame) {
+                                    Ok(()) => {
+                                        local.tx_packets += 1;
+                                        local.tx_bytes += out_len as u64;
+                                        if ifindex == ingress_ifindex {
+                                            local.replies += 1;
+                                        }
+                                    }
+                                    Err(frame) => {
+                                        // The answer is lost too.
+                                        local.drop(DropReason::TxUnavailable, traffic, 0);
+                                        io.release(frame);
+                                    }
+                                }
+                            }
+                            None => {
+                                local.drop(DropReason::TxUnavailable, traffic, 0);
+                                io.release(frame);
+                            }
+                        }
+                        FrameFate::Dropped {
+                            reason,
+                            policy: None,
+                        }
                     }
                     Verdict::Drop(reason) => {
-                        local.drop(reason);
+                        local.drop(reason, traffic, len as u64);
                         io.release(frame);
-                        continue;
+                        FrameFate::Dropped {
+                            reason,
+                            policy: None,
+                        }
                     }
                     Verdict::PolicyDrop {
                         reason,
                         rule,
                         direction,
                     } => {
-                        local.policy_drop(reason, rule, direction);
+                        local.policy_drop(reason, rule, direction, traffic, len as u64);
                         io.release(frame);
-                        continue;
-                    }
-                };
-                let Some(egress) = by_ifindex.get(&ifindex).map(|i| ports[*i].id) else {
-                    local.drop(DropReason::TxUnavailable);
-                    io.release(frame);
-                    continue;
-                };
-                frame.set_len(len);
-                match io.transmit(egress, frame) {
-                    Ok(()) => {
-                        local.tx_packets += 1;
-                        local.tx_bytes += len as u64;
-                        if ifindex == ingress_ifindex {
-                            local.replies += 1;
+                        FrameFate::Dropped {
+                            reason,
+                            policy: Some(PolicyBlame { rule, direction }),
                         }
                     }
-                    Err(frame) => {
-                        local.drop(DropReason::TxUnavailable);
-                        io.release(frame);
-                    }
+                };
+                if let Some((queue, pass)) = &events {
+                    flow_record::emit(queue, pass, ingress_ifindex, len, fate, observation, local);
                 }
             }
         }
         if let Err(e) = self.io.flush() {
             self.io_failed(e);
+        }
+        if let Some(started) = now_ns {
+            // Busy time: from the first frame of the pass to the end of its
+            // flush, one more clock read per pass that had frames.
+            let ended = self.epoch.elapsed().as_nanos() as u64;
+            self.local.busy_ns += ended.saturating_sub(started);
         }
         if let Some((index, cause)) = failed {
             self.port_failed(index, cause);
@@ -360,6 +448,7 @@ impl Worker {
     /// Frames the kernel dropped before they reached the rx ring (ring full,
     /// frame larger than a chunk) are counted under their own reason.
     fn fold_kernel_drops(&mut self) {
+        let uplink_ifindex = self.shared.tables.load().uplink.as_ref().map(|u| u.ifindex);
         for port in &mut self.ports {
             if let Ok(stats) = self.io.port_stats(port.id) {
                 self.shared.ports.set_kernel_stats(
@@ -375,8 +464,11 @@ impl Worker {
                 );
                 let total = stats.rx_dropped + stats.rx_ring_full + stats.rx_invalid_descs;
                 if total > port.kernel_drops_seen {
-                    self.local
-                        .drops_by(DropReason::RxRingDropped, total - port.kernel_drops_seen);
+                    self.local.drops_by(
+                        DropReason::RxRingDropped,
+                        TrafficDirection::of_frame(port.ifindex, uplink_ifindex),
+                        total - port.kernel_drops_seen,
+                    );
                     port.kernel_drops_seen = total;
                 }
             }
@@ -401,5 +493,15 @@ impl Worker {
                 }
             }
         }
+    }
+}
+
+/// A forwarded frame that found no transmit slot or socket: dropped.
+#[inline]
+fn tx_unavailable(local: &mut LocalCounters, traffic: TrafficDirection, len: usize) -> FrameFate {
+    local.drop(DropReason::TxUnavailable, traffic, len as u64);
+    FrameFate::Dropped {
+        reason: DropReason::TxUnavailable,
+        policy: None,
     }
 }
