@@ -102,9 +102,13 @@ impl EventsServer {
             .poll
             .registry()
             .register(&mut thread.listener, LISTENER, Interest::READABLE)?;
+        let worker_cores = thread.shared.info.cores.clone();
         let handle = std::thread::Builder::new()
             .name("events".into())
-            .spawn(move || thread.run())?;
+            .spawn(move || {
+                pin_off_worker_cores(&worker_cores);
+                thread.run()
+            })?;
         Ok(EventsServer {
             path: path.to_path_buf(),
             stop,
@@ -602,5 +606,21 @@ mod tests {
             serde_json::to_value(shared.report()).unwrap()["events"]["subscriber_lost"],
             lost
         );
+    }
+}
+
+/// Keeps the events thread off the workers' cores: it runs on the first core
+/// no worker is pinned to (where the control side and the agent live), so
+/// serialising and writing events never takes time from packet work. When
+/// the workers use every core it stays unpinned.
+fn pin_off_worker_cores(worker_cores: &[usize]) {
+    let spare = core_affinity::get_core_ids()
+        .unwrap_or_default()
+        .into_iter()
+        .find(|core| !worker_cores.contains(&core.id));
+    if let Some(core) = spare {
+        if !core_affinity::set_for_current(core) {
+            tracing::warn!(core = core.id, "events thread: could not pin to a spare core");
+        }
     }
 }
