@@ -372,6 +372,25 @@ impl EventsThread {
     }
 }
 
+/// Keeps the events thread off the workers' cores: it runs on the first core
+/// no worker is pinned to (where the control side and the agent live), so
+/// serialising and writing events never takes time from packet work. When
+/// the workers use every core it stays unpinned.
+fn pin_off_worker_cores(worker_cores: &[usize]) {
+    let spare = core_affinity::get_core_ids()
+        .unwrap_or_default()
+        .into_iter()
+        .find(|core| !worker_cores.contains(&core.id));
+    if let Some(core) = spare {
+        if !core_affinity::set_for_current(core) {
+            tracing::warn!(
+                core = core.id,
+                "events thread: could not pin to a spare core"
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -606,21 +625,5 @@ mod tests {
             serde_json::to_value(shared.report()).unwrap()["events"]["subscriber_lost"],
             lost
         );
-    }
-}
-
-/// Keeps the events thread off the workers' cores: it runs on the first core
-/// no worker is pinned to (where the control side and the agent live), so
-/// serialising and writing events never takes time from packet work. When
-/// the workers use every core it stays unpinned.
-fn pin_off_worker_cores(worker_cores: &[usize]) {
-    let spare = core_affinity::get_core_ids()
-        .unwrap_or_default()
-        .into_iter()
-        .find(|core| !worker_cores.contains(&core.id));
-    if let Some(core) = spare {
-        if !core_affinity::set_for_current(core) {
-            tracing::warn!(core = core.id, "events thread: could not pin to a spare core");
-        }
     }
 }
