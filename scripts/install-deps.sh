@@ -8,7 +8,8 @@ iproute2 iputils-ping iperf3 ethtool netsniff-ng bpftool procps util-linux
 iptables nftables sockperf
 containerd containernetworking-plugins busybox-static
 python3 curl nginx-light
-dnsmasq-base"
+dnsmasq-base
+chromium prometheus"
 
 missing=""
 for pkg in $PACKAGES; do

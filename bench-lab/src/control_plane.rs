@@ -3,9 +3,11 @@
 //! as a container runtime would run it.
 //!
 //! Files in the run directory: `manifests/` (one Pod manifest per pod),
-//! `agent-state/` (identities and attachments), `agent.sock`; the engine's
-//! API socket is [`Lab::api_socket`].
+//! `agent-state/` (identities and attachments), `agent.sock`, with flow
+//! observation on (see [`Lab::observe_agent_args`]) `hubble.sock`; the
+//! engine's API socket is [`Lab::api_socket`].
 
+use std::net::SocketAddr;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::process::ExitStatus;
@@ -42,6 +44,34 @@ impl Lab {
     /// `<run dir>/agent.sock`.
     pub fn agent_socket(&self) -> PathBuf {
         self.run_dir().join("agent.sock")
+    }
+
+    /// `<run dir>/hubble.sock`: the agent's `--hubble-socket`, which
+    /// `sluice observe --server` reads. Every lab agent gets its own, so
+    /// labs side by side do not take each other's (the default path is
+    /// host-wide).
+    pub fn hubble_socket(&self) -> PathBuf {
+        self.run_dir().join("hubble.sock")
+    }
+
+    /// The agent flags for a flow-observation test: keep `buffer_capacity`
+    /// flows for [`Lab::hubble_socket`] and, with `prometheus`, serve
+    /// `/metrics` and the service map over HTTP at that address (in the node
+    /// namespace). Every lab agent reads the engine's events socket
+    /// ([`Lab::events_socket`]) already, as a deployed agent does.
+    pub fn observe_agent_args(
+        &self,
+        buffer_capacity: usize,
+        prometheus: Option<SocketAddr>,
+    ) -> Vec<String> {
+        let mut args = vec![
+            "--hubble-event-buffer-capacity".to_string(),
+            buffer_capacity.to_string(),
+        ];
+        if let Some(addr) = prometheus {
+            args.extend(["--prometheus-serve-addr".to_string(), addr.to_string()]);
+        }
+        args
     }
 
     /// `<run dir>/agent-state`: identities and attachments, kept across agent restarts.
@@ -82,6 +112,8 @@ impl Lab {
         let engine = self.api_socket().display().to_string();
         let queues = self.spec().queues.to_string();
         let mtu = self.spec().mtu.to_string();
+        let hubble = self.hubble_socket().display().to_string();
+        let events = self.events_socket().display().to_string();
         let node = format!("{}-node", self.prefix());
         let mut args: Vec<String> = [
             binary.as_str(),
@@ -99,6 +131,10 @@ impl Lab {
             &queues,
             "--mtu",
             &mtu,
+            "--hubble-socket",
+            &hubble,
+            "--engine-events-socket",
+            &events,
             "--pod-cidr",
             POD_CIDRS[0],
             "--pod-cidr",
@@ -121,6 +157,8 @@ impl Lab {
             let mut inner = self.shared.lock()?;
             ensure!(inner.agent.is_none(), "the agent is already running");
             let _ = std::fs::remove_file(&socket);
+            // A stale Hubble socket would look served before the agent binds it.
+            let _ = std::fs::remove_file(self.hubble_socket());
             let child = self.spawn_logged(self.node_netns(), AGENT_LOG, &args)?;
             let pid = child.id();
             inner.agent = Some(Tracked {

@@ -7,5 +7,6 @@ pub mod cni;
 pub mod containerd;
 pub mod engine_view;
 pub mod netpol;
+pub mod observe;
 pub mod root_state;
 pub mod service_checks;
