@@ -179,7 +179,14 @@ impl ServiceMap {
         let mut port = dport;
         if flow.is_reply == Some(true) {
             std::mem::swap(&mut source, &mut destination);
-            port = sport;
+            // The server's port as it sent it: a Service reply is delivered
+            // from the frontend port, but its connection's edge carries the
+            // backend's (the request's translated destination port).
+            port = flow
+                .sluice
+                .as_ref()
+                .and_then(|s| s.original.as_ref())
+                .map_or(sport, |original| original.source_port);
         }
         let key = EdgeKey {
             source,

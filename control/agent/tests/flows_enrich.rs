@@ -523,3 +523,27 @@ fn icmp_flows_carry_type_and_code() {
     assert_eq!(flow["IP"]["ipVersion"], "IPv6");
     assert_eq!(flow["destination"]["identity"], 10);
 }
+
+#[test]
+fn a_link_local_sender_is_named_by_the_veth_it_came_from() {
+    // A router solicitation from client's fe80:: address, dropped by the
+    // engine: the source is the client endpoint, not world-ipv6.
+    let mut e = event(FlowKind::Drop);
+    e.verdict = FlowVerdict::Dropped;
+    e.drop_reason = Some(DropInfo {
+        number: 15,
+        name: "icmpv6_not_handled".into(),
+    });
+    e.egress_ifindex = None;
+    e.egress_ifname = String::new();
+    e.ct = CtState::Untracked;
+    e.original = Some(tuple("fe80::1", 0, "ff02::2", 0, 58));
+    e.tcp_flags = 0;
+    e.icmp = Some((133, 0));
+    let flow = one(&e);
+    assert_eq!(flow["source"], client());
+    assert_eq!(
+        flow["destination"]["labels"],
+        json!(["reserved:world-ipv6"])
+    );
+}

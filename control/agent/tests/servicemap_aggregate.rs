@@ -3,7 +3,7 @@
 //! window, expiry and the size bound.
 
 use sluice_agent::servicemap::{ServiceMap, ServiceMapConfig, ServiceMapView};
-use sluice_api::hubble::{Endpoint, Flow, Ip, Layer4, Policy, Tcp, Udp};
+use sluice_api::hubble::{Endpoint, Flow, Ip, Layer4, Policy, SluiceFlowInfo, Tcp, TupleText, Udp};
 
 fn pod(namespace: &str, name: &str, app: Option<&str>) -> Option<Endpoint> {
     Some(Endpoint {
@@ -194,4 +194,32 @@ fn edges_expire_after_the_ttl_and_the_least_recent_makes_room() {
     assert!(view.edges.is_empty() && view.nodes.is_empty(), "{view:?}");
     map.lost(7);
     assert_eq!(map.view(T0 + 63_000).lost_flows, 7);
+}
+
+#[test]
+fn a_service_reply_counts_on_the_backend_port_edge_of_its_connection() {
+    let mut map = ServiceMap::new(ServiceMapConfig::default());
+    let client = || pod("shop", "client-0", None);
+    let web = || pod("shop", "web-0", Some("web"));
+    // The request as delivered: DNATed to the backend's 8080.
+    map.record(&tcp_flow(client(), web(), 8080, "FORWARDED"), T0);
+    // Its reply as delivered comes from the frontend port 80 (reverse NAT);
+    // as received from the backend it left port 8080.
+    let mut reply = tcp_flow(web(), client(), 40000, "FORWARDED");
+    reply.l4.as_mut().unwrap().tcp.as_mut().unwrap().source_port = 80;
+    reply.is_reply = Some(true);
+    reply.sluice = Some(SluiceFlowInfo {
+        original: Some(TupleText {
+            source: "10.200.0.3".into(),
+            destination: "10.200.0.2".into(),
+            source_port: 8080,
+            destination_port: 40000,
+        }),
+        ..SluiceFlowInfo::default()
+    });
+    map.record(&reply, T0 + 10);
+    let view = map.view(T0 + 20);
+    let ids: Vec<&str> = view.edges.iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(ids, ["shop/client->shop/web tcp/8080 FORWARDED"]);
+    assert_eq!(edge(&view, ids[0]).flows, 2);
 }

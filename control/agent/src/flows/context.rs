@@ -140,6 +140,20 @@ impl FlowContext {
         }
     }
 
+    /// Hubble's endpoint for the sender of a frame that arrived on
+    /// `ingress_ifindex`: the local endpoint behind that veth when `ip` is
+    /// none of the known addresses (an IPv6 link-local source, a spoofed
+    /// source), as Hubble names the endpoint a frame came from; else
+    /// [`FlowContext::peer`].
+    pub fn sender(&self, ip: IpAddr, ingress_ifindex: u32) -> Peer {
+        if !self.local_by_ip.contains_key(&ip) && !self.pods.contains_key(&ip) {
+            if let Some(own) = self.local_ifindexes.get(&ingress_ifindex) {
+                return self.peer(*own);
+            }
+        }
+        self.peer(ip)
+    }
+
     /// Whether `ip` is a local endpoint's address.
     pub fn is_local(&self, ip: IpAddr) -> bool {
         self.local_by_ip.contains_key(&ip)

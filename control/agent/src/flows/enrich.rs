@@ -297,7 +297,7 @@ fn base_flow(event: &EngineFlow, ctx: &FlowContext) -> Flow {
             ip_version: if shown.dst.is_ipv4() { "IPv4" } else { "IPv6" }.into(),
         });
         flow.l4 = layer4(&shown, event);
-        flow.source = Some(endpoint(ctx.peer(original.src)));
+        flow.source = Some(endpoint(ctx.sender(original.src, event.ingress_ifindex)));
         flow.destination = Some(endpoint(ctx.peer(shown.dst)));
         if event.translated.is_some() {
             flow.sluice.get_or_insert_with(Default::default).original = Some(text_tuple(&original));
