@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+use sluice_lab::bench::flows::{self, FlowsConfig};
 use sluice_lab::bench::forward::{self, ForwardConfig, Generator, Variant};
 use sluice_lab::bench::policy::{self, PolicyBenchConfig};
 use sluice_lab::bench::rules::Loader;
@@ -118,6 +119,59 @@ enum BenchCmd {
     /// sync), then single-label edits to the engine's ack; sizes interleaved, the largest
     /// over the smallest as ratios. Prints a Markdown table.
     Sync(SyncArgs),
+    /// Flow events under load (issue 7): 64-byte UDP forwarding at full rate with the
+    /// events socket unsubscribed (A), at aggregation medium (B) and none (C) with a
+    /// subscriber parsing every line; a steady share of new flows; rounds interleaved.
+    /// Prints B/A and C/A, events/s and lost counts; the target is B/A >= 0.95.
+    Flows(FlowsArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct FlowsArgs {
+    /// Rounds; each runs baseline, medium and none once.
+    #[arg(long, default_value_t = 3)]
+    trials: u32,
+    /// Measured window of a trial.
+    #[arg(long, default_value_t = 5)]
+    seconds: u32,
+    /// Traffic before the window starts.
+    #[arg(long, default_value_t = 1.0)]
+    warmup: f64,
+    /// Frame size including the 4-byte FCS.
+    #[arg(long, default_value_t = 64)]
+    size: usize,
+    /// UDP flows cycled by the generator (source ports from 10000).
+    #[arg(long, default_value_t = 8250)]
+    flows: u32,
+    /// The engine's conntrack entries (two per flow); below 2 x --flows, evicted flows
+    /// come back as new ones.
+    #[arg(long, default_value_t = 16384)]
+    ct_capacity: usize,
+    /// The engine's per-worker event queue (default: the engine's own).
+    #[arg(long)]
+    events_queue_size: Option<usize>,
+    /// Core of the engine's worker (the generator runs on CPU 0).
+    #[arg(long, default_value_t = 1)]
+    engine_core: usize,
+    /// Who reads the events in B and C: bench (a subscriber thread here, static pods)
+    /// or agent (sluice-agent with --engine-events-socket, pods through sluice-cni).
+    #[arg(long, default_value = "bench")]
+    consumer: flows::Consumer,
+    /// Smoke run: 1 round of 2 s windows.
+    #[arg(long)]
+    quick: bool,
+    /// Write every trial and the summary as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Engine binary (default: $SLUICE_ENGINE, else next to this binary).
+    #[arg(long)]
+    engine: Option<PathBuf>,
+    /// sluice-pktgen binary (default: $SLUICE_PKTGEN, else next to this binary).
+    #[arg(long)]
+    pktgen: Option<PathBuf>,
+    /// Extra argument for the engine (repeatable).
+    #[arg(long = "engine-arg", allow_hyphen_values = true)]
+    engine_args: Vec<String>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -367,6 +421,9 @@ fn main() {
         Cmd::Bench {
             bench: BenchCmd::Sync(args),
         } => bench_sync(args),
+        Cmd::Bench {
+            bench: BenchCmd::Flows(args),
+        } => bench_flows(args),
         Cmd::Cleanup { all } => clean(all),
         Cmd::Leak { pods } => leak(pods),
     };
@@ -896,6 +953,35 @@ fn bench_sync(args: SyncArgs) -> Result<()> {
     };
     let report = sync::run(&config, command)?;
     sync::print_report(&report);
+    finish_report(
+        &report,
+        args.json.as_deref(),
+        report.trials.len(),
+        report.failed.len(),
+    )
+}
+
+fn bench_flows(args: FlowsArgs) -> Result<()> {
+    let mut config = FlowsConfig {
+        trials: args.trials,
+        seconds: args.seconds,
+        warmup_seconds: args.warmup,
+        size: args.size,
+        flows: args.flows,
+        ct_capacity: args.ct_capacity,
+        events_queue_size: args.events_queue_size,
+        engine: args.engine,
+        engine_core: args.engine_core,
+        engine_args: args.engine_args,
+        pktgen: args.pktgen,
+        consumer: args.consumer,
+    };
+    if args.quick {
+        config = config.quick();
+    }
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    let report = flows::run(&config, command)?;
+    flows::print_report(&report);
     finish_report(
         &report,
         args.json.as_deref(),

@@ -13,12 +13,17 @@
 //! [`policy`]: new TCP connections per second with 0, 1k and 10k network policy rules over
 //! 1k identities, the rules' compile time and the compiled tables' memory.
 //!
+//! [`flows`]: what flow events cost forwarding at full rate (no subscriber, aggregation
+//! medium and none with a subscriber), and whether overflow is reported as lost events.
+//!
 //! [`sync`]: the control plane: N pods and their identities from manifests to the engine's
 //! tables (full sync) and one manifest edit to the engine's ack, N=1000 beside N=100.
 
 pub mod forward;
 mod machine;
 
+// `bench flows` (issue 7): flow events under load.
+pub mod flows;
 // `bench scenarios` (issue 3): more scenarios and variants; helpers kept apart from forward.rs.
 mod labkit;
 pub mod policy;
