@@ -539,6 +539,7 @@ fn demo(args: &LabArgs, count: u32, seconds: u32) -> Result<()> {
         failures += demo_service(&lab, n);
         if n >= 3 {
             failures += demo_policy(&lab, n);
+            failures += demo_observe(&lab);
         }
     }
     if lab.engine_pid().is_some() {
@@ -708,6 +709,79 @@ fn demo_policy(lab: &Lab, n: usize) -> usize {
                     failures += 1;
                     println!(
                         "  error: exit {:?}: {}",
+                        out.status.code(),
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    );
+                }
+            }
+            Err(err) => {
+                failures += 1;
+                println!("  error: run {}: {err}", cli.display());
+            }
+        }
+    }
+    failures
+}
+
+/// The flows behind the policy step, as Hubble users read them: `sluice
+/// observe` on the agent's Hubble socket shows pod 2's refused connection as
+/// DROPPED with the policy that denied it, and pod 1's Service connection
+/// with its translation. Returns the number of failures.
+fn demo_observe(lab: &Lab) -> usize {
+    let cli = match sluice_lab::find_engine() {
+        Ok(engine) => engine.with_file_name("sluice"),
+        Err(err) => {
+            println!("  error: {err:#}");
+            return 1;
+        }
+    };
+    let server = lab.hubble_socket().display().to_string();
+    let views: [(&str, Vec<&str>, &str); 2] = [
+        (
+            "dropped flows and the policy behind them",
+            vec![
+                "observe",
+                "--server",
+                &server,
+                "--verdict",
+                "DROPPED",
+                "--protocol",
+                "tcp",
+                "--print-policy-names",
+                "--last",
+                "3",
+            ],
+            "DROPPED",
+        ),
+        (
+            "pod1's connections to the Service (new connections, translated to a backend)",
+            vec![
+                "observe",
+                "--server",
+                &server,
+                "--from-pod",
+                "default/pod1",
+                "--to-port",
+                "8080",
+                "--type",
+                "trace",
+                "--last",
+                "3",
+            ],
+            "FORWARDED",
+        ),
+    ];
+    let mut failures = 0;
+    for (title, command, expected) in views {
+        println!("\n{title} (sluice {}):", command.join(" "));
+        match std::process::Command::new(&cli).args(&command).output() {
+            Ok(out) => {
+                let text = String::from_utf8_lossy(&out.stdout);
+                print!("{text}");
+                if !out.status.success() || !text.contains(expected) {
+                    failures += 1;
+                    println!(
+                        "  error: expected {expected} flows (exit {:?}): {}",
                         out.status.code(),
                         String::from_utf8_lossy(&out.stderr).trim()
                     );

@@ -151,7 +151,7 @@ impl Consumer {
     pub fn describe(self) -> &'static str {
         match self {
             Consumer::Bench => {
-                "one subscriber thread in sluice-lab (not pinned) on the engine's events \
+                "one subscriber thread in sluice-lab (pinned to the generator's CPU 0, off the worker core) on the engine's events \
                  socket, parsing every line into sluice_api::events::EngineEvent as the \
                  agent's events client does; static pods, no agent, so A has no subscriber"
             }
@@ -586,7 +586,8 @@ fn measure(config: &FlowsConfig, variant: Variant, round: u32, lab: &Lab) -> Res
     let agent = variant.subscribes() && config.consumer == Consumer::Agent;
     let subscriber = match (variant.subscribes(), config.consumer) {
         (true, Consumer::Bench) => {
-            let subscriber = Subscriber::connect(&socket, Duration::from_secs(5))?;
+            let subscriber =
+                Subscriber::connect(&socket, Duration::from_secs(5), Some(TRAFGEN_CPU))?;
             wait_observing(lab, true)?;
             Some(subscriber)
         }

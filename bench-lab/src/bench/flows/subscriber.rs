@@ -118,8 +118,9 @@ pub struct Subscriber {
 
 impl Subscriber {
     /// Connects to `socket` (retrying until `timeout`), reads and checks the `Hello`
-    /// line, then reads the rest on a thread.
-    pub fn connect(socket: &Path, timeout: Duration) -> Result<Subscriber> {
+    /// line, then reads the rest on a thread, pinned to `cpu` when given (the
+    /// control side's core: a deployed agent does not share the workers' cores).
+    pub fn connect(socket: &Path, timeout: Duration, cpu: Option<usize>) -> Result<Subscriber> {
         let deadline = Instant::now() + timeout;
         let stream = loop {
             match UnixStream::connect(socket) {
@@ -144,7 +145,12 @@ impl Subscriber {
         let thread_shared = shared.clone();
         let handle = std::thread::Builder::new()
             .name("events-subscriber".into())
-            .spawn(move || read_lines(reader, &thread_shared))
+            .spawn(move || {
+                if let Some(cpu) = cpu {
+                    pin_current_thread(cpu);
+                }
+                read_lines(reader, &thread_shared)
+            })
             .context("starting the subscriber thread")?;
         Ok(Subscriber {
             stream,
@@ -217,6 +223,14 @@ fn read_lines(mut reader: BufReader<UnixStream>, shared: &Shared) -> Result<()> 
             }
             Err(err) => return Err(err).context("reading the events socket"),
         }
+    }
+}
+
+/// Best effort: an unpinned reader only makes the measurement noisier.
+fn pin_current_thread(cpu: usize) {
+    let mut set = nix::sched::CpuSet::new();
+    if set.set(cpu).is_ok() {
+        let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set);
     }
 }
 
@@ -308,7 +322,7 @@ mod tests {
             conn.write_all(text.as_bytes()).unwrap();
             text.len() as u64
         });
-        let subscriber = Subscriber::connect(&path, Duration::from_secs(5)).unwrap();
+        let subscriber = Subscriber::connect(&path, Duration::from_secs(5), None).unwrap();
         let written = server.join().unwrap();
         let deadline = Instant::now() + Duration::from_secs(5);
         while subscriber.counts().parse_errors == 0 && Instant::now() < deadline {
