@@ -261,12 +261,16 @@ fn parse(args: &[String]) -> Result<(ObserveArgs, ArgMatches), clap::Error> {
 
 /// One line of a saved file: a `GetFlowsResponse` (`-o json`) or a bare
 /// flow (Hubble's legacy JSON).
-fn parse_saved_line(line: &str) -> Result<GetFlowsResponse, serde_json::Error> {
-    let value: serde_json::Value = serde_json::from_str(line)?;
+/// One saved line: a GetFlowsResponse (`-o json`) or a bare Flow. A field of
+/// the wrong shape is named by its path (`flow.l4.TCP.source_port: ...`).
+fn parse_saved_line(line: &str) -> Result<GetFlowsResponse, String> {
+    let value: serde_json::Value = serde_json::from_str(line).map_err(|e| e.to_string())?;
     if value.get("flow").is_some() || value.get("lost_events").is_some() {
-        return serde_json::from_value(value);
+        return serde_path_to_error::deserialize(value)
+            .map_err(|e| format!("{}: {}", e.path(), e.inner()));
     }
-    let flow: Flow = serde_json::from_value(value)?;
+    let flow: Flow = serde_path_to_error::deserialize(value)
+        .map_err(|e| format!("flow {}: {}", e.path(), e.inner()))?;
     Ok(GetFlowsResponse {
         node_name: flow.node_name.clone(),
         time: flow.time.clone(),
@@ -291,7 +295,7 @@ fn replay(path: &str, request: &GetFlowsRequest) -> anyhow::Result<Vec<GetFlowsR
             continue;
         }
         let response = parse_saved_line(&line)
-            .with_context(|| format!("--input-file {path} line {}", n + 1))?;
+            .map_err(|e| anyhow::anyhow!("--input-file {path} line {}: {e}", n + 1))?;
         responses.push(response);
     }
     let query = request.compile().map_err(anyhow::Error::msg)?;
@@ -355,6 +359,24 @@ mod tests {
     use super::*;
 
     const NOW: u64 = 1_795_000_000_000_000_000;
+
+    #[test]
+    fn a_saved_line_of_the_wrong_shape_names_the_field() {
+        let error = parse_saved_line(
+            r#"{"flow": {"time": "t", "verdict": "DROPPED", "Type": "L3_L4", "l4": {"TCP": {"source_port": "x"}}}}"#,
+        )
+        .unwrap_err();
+        assert!(error.starts_with("flow.l4.TCP.source_port: "), "{error}");
+        let error =
+            parse_saved_line(r#"{"time": 3, "verdict": "DROPPED", "Type": "L3_L4"}"#).unwrap_err();
+        assert!(error.starts_with("flow time: "), "{error}");
+        let saved = parse_saved_line(
+            r#"{"time": "t", "verdict": "FORWARDED", "Type": "L3_L4", "node_name": "n1"}"#,
+        )
+        .unwrap();
+        assert_eq!(saved.node_name, "n1");
+        assert_eq!(saved.flow.unwrap().verdict, "FORWARDED");
+    }
 
     fn request_for(args: &[&str]) -> Result<GetFlowsRequest, String> {
         let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
