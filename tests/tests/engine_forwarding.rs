@@ -427,13 +427,25 @@ fn every_pod_interface_gets_fill_frames_however_many_share_the_pool() {
     // A port opened late may start with few frames and lose the first echo
     // until frames recycle (see docs/architecture.md); it must never be
     // starved for good, which is what the old policy did.
+    // "Never for good" is checked as: some echo gets through within four
+    // rounds of three (under a loaded CI machine the first round of the
+    // last-opened port can miss all three).
+    let gets_through = |from: usize, to: usize| {
+        let mut rounds = Vec::new();
+        for _ in 0..4 {
+            let r = lab.ping(from, v4(&lab, to), 3).unwrap();
+            if r.received >= 1 {
+                return;
+            }
+            rounds.push(r);
+        }
+        panic!("pod{from} -> pod{to}: nothing in 4 rounds: {rounds:?}");
+    };
     for from in 2..=6 {
-        let r = lab.ping(from, v4(&lab, 1), 3).unwrap();
-        assert!(r.received >= 1, "pod{from} -> pod1: {r:?}");
+        gets_through(from, 1);
     }
     // Every port got a share of the pool: a reply to each pod came through.
     for to in 2..=6 {
-        let r = lab.ping(1, v4(&lab, to), 3).unwrap();
-        assert!(r.received >= 1, "pod1 -> pod{to}: {r:?}");
+        gets_through(1, to);
     }
 }
