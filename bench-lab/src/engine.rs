@@ -40,7 +40,9 @@ pub struct EngineOptions {
     pub extra_args: Vec<String>,
     /// How long the stats socket may take to accept a connection.
     pub start_timeout: Duration,
-    /// How long the engine may take to exit after SIGTERM before SIGKILL.
+    /// How long the engine may take to exit after SIGTERM before SIGKILL
+    /// (15 s: detaching XDP and closing AF_XDP sockets waits for kernel
+    /// grace periods, which stretch on a loaded 2-CPU CI machine).
     pub stop_timeout: Duration,
 }
 
@@ -53,7 +55,7 @@ impl Default for EngineOptions {
             api_socket: false,
             extra_args: Vec::new(),
             start_timeout: Duration::from_secs(15),
-            stop_timeout: Duration::from_secs(5),
+            stop_timeout: Duration::from_secs(15),
         }
     }
 }
@@ -209,7 +211,7 @@ impl Lab {
         inner.engine.as_ref().map(|t| t.child.id())
     }
 
-    /// Stops the engine: SIGTERM, SIGKILL after 5 s. `Ok(None)` if none ran.
+    /// Stops the engine: SIGTERM, SIGKILL after [`EngineOptions::stop_timeout`]. `Ok(None)` if none ran.
     pub fn stop_engine(&self) -> Result<Option<ExitStatus>> {
         self.stop_engine_within(EngineOptions::default().stop_timeout)
     }

@@ -514,6 +514,7 @@ pub fn run(config: EngineConfig) -> anyhow::Result<()> {
         shared.flows.fqdn.gc_step(now_ns, fqdn_gc_buckets);
     }
     tracing::info!("stopping");
+    let stopping = std::time::Instant::now();
     // The agent first: its connection closes and changes nothing more.
     drop(api);
     // Detach programs before the sockets go, so no frame is steered to a closed socket.
@@ -529,5 +530,9 @@ pub fn run(config: EngineConfig) -> anyhow::Result<()> {
     }
     drop(events);
     drop(socket);
+    tracing::info!(
+        ms = stopping.elapsed().as_millis() as u64,
+        "stopped (programs detached, sockets closed)"
+    );
     Ok(())
 }
