@@ -669,15 +669,8 @@ fn demo_policy(lab: &Lab, n: usize) -> usize {
             println!("  pod2 -> pod3:8080       expected no answer, got {other:?}");
         }
     }
-    let cli = match sluice_lab::find_engine() {
-        Ok(engine) => engine.with_file_name("sluice"),
-        Err(err) => {
-            println!("  error: {err:#}");
-            return failures + 1;
-        }
-    };
-    let views: [(&str, Vec<&str>, i32); 2] = [
-        ("policies", vec!["policy", "get"], 0),
+    let views = [
+        ("policies", vec!["policy", "get"], Expect::Exit(0)),
         (
             "why pod2 cannot reach pod3",
             vec![
@@ -690,37 +683,10 @@ fn demo_policy(lab: &Lab, n: usize) -> usize {
                 "--dport",
                 "8080",
             ],
-            1,
+            Expect::Exit(1),
         ),
     ];
-    for (title, command, expected_code) in views {
-        println!("\n{title} (sluice {}):", command.join(" "));
-        let out = std::process::Command::new(&cli)
-            .arg("--engine-socket")
-            .arg(lab.stats_socket())
-            .arg("--agent-socket")
-            .arg(lab.agent_socket())
-            .args(&command)
-            .output();
-        match out {
-            Ok(out) => {
-                print!("{}", String::from_utf8_lossy(&out.stdout));
-                if out.status.code() != Some(expected_code) {
-                    failures += 1;
-                    println!(
-                        "  error: exit {:?}: {}",
-                        out.status.code(),
-                        String::from_utf8_lossy(&out.stderr).trim()
-                    );
-                }
-            }
-            Err(err) => {
-                failures += 1;
-                println!("  error: run {}: {err}", cli.display());
-            }
-        }
-    }
-    failures
+    failures + show_views(lab, &views)
 }
 
 /// The flows behind the policy step, as Hubble users read them: `sluice
@@ -728,15 +694,8 @@ fn demo_policy(lab: &Lab, n: usize) -> usize {
 /// DROPPED with the policy that denied it, and pod 1's Service connection
 /// with its translation. Returns the number of failures.
 fn demo_observe(lab: &Lab) -> usize {
-    let cli = match sluice_lab::find_engine() {
-        Ok(engine) => engine.with_file_name("sluice"),
-        Err(err) => {
-            println!("  error: {err:#}");
-            return 1;
-        }
-    };
     let server = lab.hubble_socket().display().to_string();
-    let views: [(&str, Vec<&str>, &str); 2] = [
+    let views = [
         (
             "dropped flows and the policy behind them",
             vec![
@@ -751,7 +710,7 @@ fn demo_observe(lab: &Lab) -> usize {
                 "--last",
                 "3",
             ],
-            "DROPPED",
+            Expect::Shows("DROPPED"),
         ),
         (
             "pod1's connections to the Service (new connections, translated to a backend)",
@@ -768,32 +727,10 @@ fn demo_observe(lab: &Lab) -> usize {
                 "--last",
                 "3",
             ],
-            "FORWARDED",
+            Expect::Shows("FORWARDED"),
         ),
     ];
-    let mut failures = 0;
-    for (title, command, expected) in views {
-        println!("\n{title} (sluice {}):", command.join(" "));
-        match std::process::Command::new(&cli).args(&command).output() {
-            Ok(out) => {
-                let text = String::from_utf8_lossy(&out.stdout);
-                print!("{text}");
-                if !out.status.success() || !text.contains(expected) {
-                    failures += 1;
-                    println!(
-                        "  error: expected {expected} flows (exit {:?}): {}",
-                        out.status.code(),
-                        String::from_utf8_lossy(&out.stderr).trim()
-                    );
-                }
-            }
-            Err(err) => {
-                failures += 1;
-                println!("  error: run {}: {err}", cli.display());
-            }
-        }
-    }
-    failures
+    show_views(lab, &views)
 }
 
 /// Shows the node the way a user reads it: with the `sluice` CLI built beside
@@ -801,6 +738,32 @@ fn demo_observe(lab: &Lab) -> usize {
 /// agent when the lab has one; `sluice stats`, `sluice drops` from the engine).
 /// Returns the number of failures.
 fn print_engine_counters(lab: &Lab) -> usize {
+    let mut views: Vec<(&str, Vec<&str>, Expect)> = Vec::new();
+    if lab.agent_pid().is_some() {
+        views.push(("agent and engine", vec!["status"], Expect::Exit(0)));
+        views.push(("endpoints", vec!["endpoint", "list"], Expect::Exit(0)));
+        views.push(("identities", vec!["identity", "list"], Expect::Exit(0)));
+        views.push(("services", vec!["service", "list"], Expect::Exit(0)));
+        views.push(("connections", vec!["conntrack", "list"], Expect::Exit(0)));
+    }
+    views.push(("engine counters", vec!["stats"], Expect::Exit(0)));
+    views.push(("drops by reason", vec!["drops"], Expect::Exit(0)));
+    show_views(lab, &views)
+}
+
+/// What the demo expects of one CLI view.
+#[derive(Debug)]
+enum Expect {
+    /// Exit with this code.
+    Exit(i32),
+    /// Exit 0 and print this text.
+    Shows(&'static str),
+}
+
+/// Runs each `sluice <command>` (the CLI built beside the engine) against
+/// the lab's sockets, printing a title and its output. Returns how many views
+/// did not meet their expectation or could not run.
+fn show_views(lab: &Lab, views: &[(&str, Vec<&str>, Expect)]) -> usize {
     let cli = match sluice_lab::find_engine() {
         Ok(engine) => engine.with_file_name("sluice"),
         Err(err) => {
@@ -808,39 +771,37 @@ fn print_engine_counters(lab: &Lab) -> usize {
             return 1;
         }
     };
-    let mut views: Vec<(&str, Vec<&str>)> = Vec::new();
-    if lab.agent_pid().is_some() {
-        views.push(("agent and engine", vec!["status"]));
-        views.push(("endpoints", vec!["endpoint", "list"]));
-        views.push(("identities", vec!["identity", "list"]));
-        views.push(("services", vec!["service", "list"]));
-        views.push(("connections", vec!["conntrack", "list"]));
-    }
-    views.push(("engine counters", vec!["stats"]));
-    views.push(("drops by reason", vec!["drops"]));
     let mut failures = 0;
-    for (title, command) in views {
+    for (title, command, expect) in views {
         println!("\n{title} (sluice {}):", command.join(" "));
         let out = std::process::Command::new(&cli)
             .arg("--engine-socket")
             .arg(lab.stats_socket())
             .arg("--agent-socket")
             .arg(lab.agent_socket())
-            .args(&command)
+            .args(command)
             .output();
-        match out {
-            Ok(out) if out.status.success() => {
-                print!("{}", String::from_utf8_lossy(&out.stdout));
-            }
-            Ok(out) => {
-                failures += 1;
-                print!("{}", String::from_utf8_lossy(&out.stdout));
-                println!("  error: {}", String::from_utf8_lossy(&out.stderr).trim());
-            }
+        let out = match out {
+            Ok(out) => out,
             Err(err) => {
                 failures += 1;
                 println!("  error: run {}: {err}", cli.display());
+                continue;
             }
+        };
+        let text = String::from_utf8_lossy(&out.stdout);
+        print!("{text}");
+        let met = match expect {
+            Expect::Exit(code) => out.status.code() == Some(*code),
+            Expect::Shows(wanted) => out.status.success() && text.contains(wanted),
+        };
+        if !met {
+            failures += 1;
+            println!(
+                "  error: expected {expect:?}, got exit {:?}: {}",
+                out.status.code(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
         }
     }
     failures
